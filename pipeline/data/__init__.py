@@ -1,0 +1,4 @@
+"""Token-shard data: the on-disk format shared by data_prep (writer) and the training data loader (reader).
+
+Keep this package's import torch-free: data_prep and its worker processes import it.
+"""
