@@ -1,0 +1,173 @@
+"""Model configuration: OLMoE backbone + Over-Encoding (OE) + Over-Decoding (OD).
+
+Defaults follow OLMoE-1B-7B and the Over-Tokenized Transformer paper (arXiv 2501.16975, see
+shared/reference/METHOD.md). A YAML file in configs/model/ holds the ModelConfig fields at its top level;
+run configs embed the same mapping under `model:`.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pipeline.config.base import ConfigError, check, load_config, read_yaml
+
+# ids are computed as (x mod M) * (V^j mod M) in int64, so M^2 must stay below 2^63.
+MAX_OE_MODULUS = math.isqrt(2**63 - 1)
+
+
+@dataclass
+class OverEncodingConfig:
+    """Alg. 1: k(n-1) hashed n-gram tables; table t serves order 2 + t//k with m + 2t rows."""
+
+    enabled: bool = False
+    n: int = 3                      # max n-gram order (1-gram is the ordinary token embedding)
+    k: int = 2                      # tables (slices) per order
+    m: int = 12_800_000             # base table size; total table params ~= m * d_model
+    reset_at_doc: bool = True       # n-gram context restarts at document starts (False = pseudocode literal)
+    output_scale: float = 1.0       # multiply the summed n-gram projections (LongCat: ~sqrt(D)); 1 = paper
+    output_norm: bool = False       # RMSNorm the summed n-gram projections before the mean; False = paper
+    init_std: float = 0.02          # tables use the token-embedding init (paper silent; ports do this)
+
+    @property
+    def num_tables(self) -> int:
+        return self.k * (self.n - 1)
+
+    def moduli(self) -> list[int]:
+        return [self.m + 2 * t for t in range(self.num_tables)]
+
+    def validate(self) -> None:
+        if not self.enabled:
+            return
+        check(self.n >= 2, "over_encoding.n", f"must be >= 2 (got {self.n})")
+        check(self.k >= 1, "over_encoding.k", f"must be >= 1 (got {self.k})")
+        check(self.m >= 2, "over_encoding.m", f"must be >= 2 (got {self.m})")
+        check(self.m + 2 * (self.num_tables - 1) <= MAX_OE_MODULUS, "over_encoding.m",
+              f"{self.m} too large: moduli must stay below {MAX_OE_MODULUS} for exact int64 hashing")
+        check(self.init_std > 0, "over_encoding.init_std", f"must be > 0 (got {self.init_std})")
+        check(self.output_scale > 0, "over_encoding.output_scale", f"must be > 0 (got {self.output_scale})")
+
+    def check_against_vocab(self, vocab_size: int) -> None:
+        """Paper §4 ablation: m = 64·V makes the 2-gram id depend on x_{i-1} mod 64 only."""
+        if not self.enabled:
+            return
+        for t, mod in enumerate(self.moduli()):
+            if mod % vocab_size == 0:
+                raise ConfigError(f"over_encoding.m: table {t} modulus m+2t={mod} is a multiple of "
+                                  f"vocab_size={vocab_size}; n-gram ids would collapse (choose another m)")
+            g = math.gcd(mod, vocab_size)
+            if mod // g < vocab_size:
+                warnings.warn(f"over_encoding.m: table {t} modulus {mod} shares factor {g} with vocab_size "
+                              f"{vocab_size}; only {mod // g} distinct previous-token contributions", stacklevel=2)
+
+
+@dataclass
+class OverDecodingConfig:
+    """mode mtp: DeepSeek-V3 sequential MTP of `depth`; mode product: Appendix C heads j = 2..n."""
+
+    mode: Literal["none", "mtp", "product"] = "none"
+    depth: int = 1                  # mtp: number of sequential modules (module d predicts x_{i+1+d})
+    n: int = 2                      # product: heads predict x_{i+j} for j = 2..n
+    head_dim: int = 0               # product: optional Linear(D -> head_dim) before Linear(. -> V); 0 = none
+    weight: float = 0.1             # lambda: loss = main + lambda * mean over extra terms
+    weights: list[float] | None = None  # per-term lambda_j instead: loss = main + sum_j lambda_j L_j
+
+    @property
+    def num_terms(self) -> int:
+        if self.mode == "mtp":
+            return self.depth
+        if self.mode == "product":
+            return self.n - 1
+        return 0
+
+    def validate(self) -> None:
+        if self.mode == "none":
+            return
+        check(self.depth >= 1, "over_decoding.depth", f"must be >= 1 (got {self.depth})")
+        check(self.n >= 2, "over_decoding.n", f"must be >= 2 (got {self.n})")
+        check(self.head_dim >= 0, "over_decoding.head_dim", f"must be >= 0 (got {self.head_dim})")
+        check(self.weight >= 0, "over_decoding.weight", f"must be >= 0 (got {self.weight})")
+        if self.weights is not None:
+            check(len(self.weights) == self.num_terms, "over_decoding.weights",
+                  f"needs {self.num_terms} values for mode {self.mode}, got {len(self.weights)}")
+            check(all(w >= 0 for w in self.weights), "over_decoding.weights", f"must be >= 0 (got {self.weights})")
+
+    def term_weights(self) -> list[float]:
+        if self.weights is not None:
+            return list(self.weights)
+        return [self.weight / max(self.num_terms, 1)] * self.num_terms
+
+
+@dataclass
+class ModelConfig:
+    name: str = "olmoe"
+    note: str = ""                  # provenance, e.g. "inferred stand-in: the paper does not publish the shape"
+    d_model: int = 1024
+    n_layers: int = 12
+    n_heads: int = 16
+    vocab_size: int = 50280         # tokenizer vocabulary (ids must be < vocab_size)
+    padded_vocab_size: int = 50304  # rows of the embedding / output head (multiple of 128 for speed)
+    mlp: Literal["moe", "dense"] = "moe"
+    n_experts: int = 64
+    top_k: int = 8
+    expert_hidden: int = 512        # SwiGLU hidden per expert
+    dense_hidden: int = 0           # SwiGLU hidden of the dense MLP (mlp: dense)
+    lb_coef: float = 0.01           # Switch load-balancing loss coefficient
+    z_coef: float = 0.001           # router z-loss coefficient
+    norm_eps: float = 1e-5
+    rope_theta: float = 10_000.0
+    qk_norm: bool = True            # RMSNorm over the full q and k before RoPE (OLMoE)
+    init_std: float = 0.02          # N(0, std) truncated at 3 std
+    max_seq_len: int = 4096
+    doc_mask: bool = True           # attention stays inside documents when doc_starts is given
+    over_encoding: OverEncodingConfig = field(default_factory=OverEncodingConfig)
+    over_decoding: OverDecodingConfig = field(default_factory=OverDecodingConfig)
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def is_moe(self) -> bool:
+        return self.mlp == "moe"
+
+    def validate(self) -> None:
+        for key in ("d_model", "n_layers", "n_heads", "vocab_size", "max_seq_len"):
+            check(getattr(self, key) >= 1, key, f"must be >= 1 (got {getattr(self, key)})")
+        check(self.d_model % self.n_heads == 0, "n_heads",
+              f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        check(self.head_dim % 2 == 0, "n_heads", f"head_dim {self.head_dim} must be even for RoPE")
+        check(self.padded_vocab_size >= self.vocab_size, "padded_vocab_size",
+              f"{self.padded_vocab_size} is smaller than vocab_size {self.vocab_size}")
+        if self.is_moe:
+            check(self.n_experts >= 1, "n_experts", f"must be >= 1 (got {self.n_experts})")
+            check(1 <= self.top_k <= self.n_experts, "top_k",
+                  f"must be in [1, n_experts={self.n_experts}] (got {self.top_k})")
+            check(self.expert_hidden >= 1, "expert_hidden", f"must be >= 1 (got {self.expert_hidden})")
+        else:
+            check(self.dense_hidden >= 1, "dense_hidden", f"must be >= 1 for mlp: dense (got {self.dense_hidden})")
+        check(self.lb_coef >= 0, "lb_coef", f"must be >= 0 (got {self.lb_coef})")
+        check(self.z_coef >= 0, "z_coef", f"must be >= 0 (got {self.z_coef})")
+        check(self.norm_eps > 0, "norm_eps", f"must be > 0 (got {self.norm_eps})")
+        check(self.rope_theta > 0, "rope_theta", f"must be > 0 (got {self.rope_theta})")
+        check(self.init_std > 0, "init_std", f"must be > 0 (got {self.init_std})")
+        oe = self.over_encoding
+        if oe.enabled:
+            check(self.d_model % oe.num_tables == 0, "over_encoding.k",
+                  f"d_model {self.d_model} is not divisible by k(n-1) = {oe.num_tables} tables")
+            oe.check_against_vocab(self.vocab_size)
+
+
+def load_model_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                      data: dict | None = None) -> ModelConfig:
+    """Load a model YAML (configs/model/*.yaml), or the `model:` section of a run YAML, plus overrides."""
+    if path is not None:
+        raw = read_yaml(path)
+        if isinstance(raw.get("model"), dict):
+            raw = raw["model"]
+        elif isinstance(raw.get("model"), str):
+            raw = read_yaml(Path(path).parent / raw["model"])
+        return load_config(ModelConfig, data=raw, overrides=overrides)
+    return load_config(ModelConfig, data=data, overrides=overrides)

@@ -1,0 +1,91 @@
+"""Dropless mixture of SwiGLU experts with a softmax top-k router (OLMoE).
+
+Router: Linear -> softmax -> top-k, gates NOT renormalised (OLMoE). Dropless: every token reaches its k
+experts. Dispatch sorts the (token, slot) assignments by expert, so each expert sees one contiguous slice;
+expert weights are stacked [E, ...] tensors, which is what an expert-parallel step shards along dim 0.
+Auxiliary losses (OLMoE / Switch Transformer):
+  load balancing  lb = E * sum_e f_e * P_e,  f_e = assignments to e / (T*k),  P_e = mean_t p_{t,e}
+  router z-loss   z  = mean_t (logsumexp_e logits_{t,e})^2
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class RouterStats:
+    lb: torch.Tensor        # scalar, unweighted
+    z: torch.Tensor         # scalar, unweighted
+    counts: torch.Tensor    # [E] assignments per expert (long)
+
+
+def load_balancing_loss(probs: torch.Tensor, counts: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Switch-style loss; probs [T, E] fp32, counts [E]. Equals 1 for perfectly uniform routing."""
+    n_tokens, n_experts = probs.shape
+    frac = counts.to(probs.dtype) / (n_tokens * top_k)
+    return n_experts * torch.dot(frac, probs.mean(dim=0))
+
+
+def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
+    return torch.logsumexp(logits.float(), dim=-1).square().mean()
+
+
+class GroupedExperts(nn.Module):
+    """E SwiGLU experts as stacked weights: w_gate, w_up [E, H, D]; w_down [E, D, H]."""
+
+    def __init__(self, n_experts: int, d_model: int, hidden: int):
+        super().__init__()
+        self.w_gate = nn.Parameter(torch.empty(n_experts, hidden, d_model))
+        self.w_up = nn.Parameter(torch.empty(n_experts, hidden, d_model))
+        self.w_down = nn.Parameter(torch.empty(n_experts, d_model, hidden))
+        for p in (self.w_gate, self.w_up, self.w_down):
+            p._moe_expert = True  # lets a parallelize step / optimizer find expert weights
+
+    def forward(self, x_sorted: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """x_sorted [N, D] grouped by expert (counts[e] rows for expert e, in order) -> [N, D]."""
+        if x_sorted.is_cuda and hasattr(torch, "_grouped_mm") and x_sorted.dtype == torch.bfloat16:
+            offs = counts.cumsum(0).to(torch.int32)
+            gate = torch._grouped_mm(x_sorted, self.w_gate.transpose(1, 2), offs=offs)
+            up = torch._grouped_mm(x_sorted, self.w_up.transpose(1, 2), offs=offs)
+            return torch._grouped_mm(F.silu(gate) * up, self.w_down.transpose(1, 2), offs=offs)
+        outs = []
+        # Empty experts still run (on 0 rows) so every expert weight is part of the graph (zero grad).
+        for e, xe in enumerate(x_sorted.split(counts.tolist())):
+            h = F.silu(xe @ self.w_gate[e].t()) * (xe @ self.w_up[e].t())
+            outs.append(h @ self.w_down[e].t())
+        return torch.cat(outs, dim=0)
+
+
+class MoE(nn.Module):
+    def __init__(self, d_model: int, n_experts: int, top_k: int, hidden: int):
+        super().__init__()
+        self.n_experts = n_experts
+        self.top_k = top_k
+        self.router = nn.Linear(d_model, n_experts, bias=False)
+        self.experts = GroupedExperts(n_experts, d_model, hidden)
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """x [T, D] -> logits [T, E], probs [T, E] fp32, gate weights [T, k] fp32, expert ids [T, k]."""
+        logits = self.router(x)
+        probs = logits.float().softmax(dim=-1)
+        gates, experts = probs.topk(self.top_k, dim=-1)  # no renormalisation (OLMoE)
+        return logits, probs, gates, experts
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, RouterStats]:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        logits, probs, gates, experts = self.route(x)
+        flat_experts = experts.reshape(-1)                       # [T*k], slot-major per token
+        order = flat_experts.argsort(stable=True)
+        token_idx = order // self.top_k
+        counts = torch.bincount(flat_experts, minlength=self.n_experts)
+        y = self.experts(x[token_idx], counts)
+        y = y * gates.reshape(-1)[order].unsqueeze(-1).to(y.dtype)
+        out = torch.zeros_like(x).index_add_(0, token_idx, y)
+        stats = RouterStats(lb=load_balancing_loss(probs, counts, self.top_k), z=router_z_loss(logits),
+                            counts=counts.detach())
+        return out.reshape(shape), stats

@@ -1,0 +1,148 @@
+"""OLMoE language model with optional Over-Encoding (input) and Over-Decoding (output).
+
+nanoGPT-style: embed -> n_layers pre-norm blocks -> final RMSNorm -> untied V-way head. The model knows
+nothing about distributed training; see docs/model.md for the parallelism hooks (OE `lookup`, stacked
+expert weights, parameter names).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.config.model import ModelConfig
+from pipeline.model.attention import document_attention_mask
+from pipeline.model.block import Block
+from pipeline.model.moe import GroupedExperts, RouterStats
+from pipeline.model.norms import RMSNorm
+from pipeline.model.over_decoding import MTPModule, ProductHead, shift_labels, shift_left
+from pipeline.model.over_encoding import OverEncoding
+from pipeline.model.rope import RotaryEmbedding
+
+IGNORE = -100
+
+
+@dataclass
+class ModelOutput:
+    loss: torch.Tensor                                   # scalar total (weights applied), differentiable
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)   # detached scalars
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)    # detached monitoring tensors
+
+
+def labels_from_inputs(input_ids: torch.Tensor, doc_starts: torch.Tensor | None = None) -> torch.Tensor:
+    """labels[i] = input_ids[i+1], or -100 when token i+1 starts a new document or does not exist."""
+    labels = torch.full_like(input_ids, IGNORE)
+    labels[:, :-1] = input_ids[:, 1:]
+    if doc_starts is not None:
+        labels[:, :-1] = labels[:, :-1].masked_fill(doc_starts[:, 1:], IGNORE)
+    return labels
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean CE over targets != -100 (fp32); 0 (still in the graph) when nothing is valid."""
+    total = F.cross_entropy(logits.float().flatten(0, -2), targets.flatten(), ignore_index=IGNORE, reduction="sum")
+    return total / (targets != IGNORE).sum().clamp(min=1)
+
+
+class OLMoE(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.padded_vocab_size, cfg.d_model)
+        oe = cfg.over_encoding
+        self.over_encoding = OverEncoding(oe, cfg.d_model, cfg.vocab_size, cfg.norm_eps) if oe.enabled else None
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.padded_vocab_size, bias=False)
+        od = cfg.over_decoding
+        self.mtp = nn.ModuleList(MTPModule(cfg) for _ in range(od.depth)) if od.mode == "mtp" else None
+        self.od_heads = (nn.ModuleList(ProductHead(cfg.d_model, od.head_dim, cfg.padded_vocab_size)
+                                       for _ in range(od.n - 1)) if od.mode == "product" else None)
+        self.rope = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
+        self.init_weights()
+
+    @property
+    def num_moe_layers(self) -> int:
+        """Rows of stats['expert_counts']: trunk layers, then one per MTP module."""
+        return (self.cfg.n_layers + (len(self.mtp) if self.mtp is not None else 0)) if self.cfg.is_moe else 0
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """OLMoE init: every matrix N(0, init_std) truncated at 3 std; norms 1; OE tables N(0, oe.init_std).
+        Also recomputes buffers, so a model built on the meta device can be materialised with to_empty()."""
+        std = self.cfg.init_std
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.trunc_normal_(module.weight, 0.0, std, -3 * std, 3 * std)
+            elif isinstance(module, GroupedExperts):
+                for p in (module.w_gate, module.w_up, module.w_down):
+                    nn.init.trunc_normal_(p, 0.0, std, -3 * std, 3 * std)
+            elif isinstance(module, RMSNorm):
+                module.reset_parameters()
+        if self.over_encoding is not None:
+            oe_std = self.cfg.over_encoding.init_std
+            nn.init.trunc_normal_(self.over_encoding.table, 0.0, oe_std, -3 * oe_std, 3 * oe_std)
+            self.over_encoding.reset_buffers()
+
+    def embed_inputs(self, input_ids: torch.Tensor, doc_starts: torch.Tensor | None
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Input embedding [B, S, D] (1-gram, or the OE mean) and the OE table ids [T, B, S] (or None)."""
+        emb = self.embed(input_ids)
+        if self.over_encoding is None:
+            return emb, None
+        return self.over_encoding(emb, input_ids, doc_starts)
+
+    def forward_hidden(self, input_ids: torch.Tensor, doc_starts: torch.Tensor | None = None):
+        """Trunk pass: (pre-norm hidden [B,S,D], input embedding, OE ids, router stats, rope, attention mask)."""
+        emb, oe_ids = self.embed_inputs(input_ids, doc_starts)
+        mask = document_attention_mask(doc_starts) if self.cfg.doc_mask else None
+        rope = self.rope(input_ids.shape[1], emb.device, emb.dtype)
+        h, router = emb, []
+        for layer in self.layers:
+            h, stats = layer(h, rope, mask)
+            router.append(stats)
+        return h, emb, oe_ids, router, rope, mask
+
+    def logits(self, input_ids: torch.Tensor, doc_starts: torch.Tensor | None = None) -> torch.Tensor:
+        """Next-token logits [B, S, padded_V] (evaluation / generation)."""
+        h = self.forward_hidden(input_ids, doc_starts)[0]
+        return self.lm_head(self.norm(h))
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
+                doc_starts: torch.Tensor | None = None) -> ModelOutput:
+        cfg = self.cfg
+        if labels is None:
+            labels = labels_from_inputs(input_ids, doc_starts)
+        h, emb, oe_ids, router, rope, mask = self.forward_hidden(input_ids, doc_starts)
+        hn = self.norm(h)
+        terms = {"lm": cross_entropy(self.lm_head(hn), labels)}
+        if self.mtp is not None:
+            h_d = h
+            for d, module in enumerate(self.mtp, start=1):
+                h_d, stats = module(h_d, shift_left(emb, d), rope, mask)
+                router.append(stats)
+                # depth d predicts x_{i+d+1} = labels[i+d] through the shared final norm and head
+                terms[f"mtp_{d}"] = cross_entropy(self.lm_head(self.norm(h_d)), shift_labels(labels, d))
+        if self.od_heads is not None:
+            for j, head in enumerate(self.od_heads, start=2):
+                terms[f"od_{j}"] = cross_entropy(head(hn), shift_labels(labels, j - 1))
+        od_keys = [key for key in terms if key != "lm"]
+
+        loss = terms["lm"]
+        for key, weight in zip(od_keys, cfg.over_decoding.term_weights()):
+            loss = loss + weight * terms[key]
+        stats: dict[str, torch.Tensor] = {}
+        if cfg.is_moe:
+            terms["lb"] = torch.stack([r.lb for r in router]).mean()
+            terms["z"] = torch.stack([r.z for r in router]).mean()
+            loss = loss + cfg.lb_coef * terms["lb"] + cfg.z_coef * terms["z"]
+            stats["expert_counts"] = torch.stack([r.counts for r in router])
+        else:
+            terms["lb"] = terms["z"] = torch.zeros((), device=loss.device)
+        if oe_ids is not None:
+            stats["oe_ids"] = oe_ids
+        losses = {key: value.detach() for key, value in terms.items()}
+        losses["loss"] = loss.detach()
+        return ModelOutput(loss=loss, losses=losses, stats=stats)

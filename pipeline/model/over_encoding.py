@@ -1,0 +1,98 @@
+"""Over-Encoding (paper §3.2, Alg. 1): hierarchical hashed n-gram input embeddings.
+
+Table t (t = 0 .. k(n-1)-1) serves n-gram order 2 + t//k, has m + 2t rows and width D/(k(n-1)); the row
+of position i is g_order(i) mod (m + 2t) with g_o(i) = sum_{j<o} x_{i-j} V^j. Output
+    ( E_tok[x_i] + sum_t W_t E_t[row_t(i)] ) / (1 + k(n-1))
+All tables live in ONE parameter (`table`, sum_t (m+2t) rows) addressed through per-table row offsets, and
+all lookups go through `lookup`, so a parallelize step can row-shard the table and swap in an all-to-all
+lookup (paper §3.3). The k(n-1) projections W_t are one Linear over the concatenated table vectors, which
+equals sum_t W_t e_t in one GEMM.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.config.model import OverEncodingConfig
+from pipeline.model.norms import RMSNorm
+
+
+def context_tokens(input_ids: torch.Tensor, lag: int, doc_starts: torch.Tensor | None = None) -> torch.Tensor:
+    """x_{i-lag} for every position; 0 before the sequence start and, given doc_starts, before the start
+    of position i's own document."""
+    b, s = input_ids.shape
+    shifted = F.pad(input_ids, (lag, 0))[:, :s] if lag < s else torch.zeros_like(input_ids)
+    if doc_starts is None or lag == 0:
+        return shifted
+    pos = torch.arange(s, device=input_ids.device)
+    # latest document start at or before i (position 0 always counts as a start)
+    start = torch.where(doc_starts, pos, torch.zeros_like(pos)).cummax(dim=1).values
+    return torch.where(pos - lag >= start, shifted, torch.zeros_like(shifted))
+
+
+def ngram_table_ids(input_ids: torch.Tensor, vocab_size: int, n: int, k: int, m: int,
+                    doc_starts: torch.Tensor | None = None) -> torch.Tensor:
+    """Row of every OE table for every position: LongTensor [k(n-1), B, S], values in [0, m + 2t).
+
+    Exact for any n and V without int64 overflow: per table modulus M = m + 2t, each term is
+    (x mod M) * (V^j mod M) < M^2 < 2^63 and the sum is reduced mod M after every term (V^j mod M is
+    computed with Python integers). Pass doc_starts to restart the context at document boundaries.
+    """
+    num_tables = k * (n - 1)
+    device = input_ids.device
+    moduli = torch.tensor([m + 2 * t for t in range(num_tables)], dtype=torch.long, device=device)
+    # coef[t, j] = V^j mod M_t for j < order(t), else 0 (the term is not part of that table's n-gram)
+    coef = torch.tensor([[pow(vocab_size, j, m + 2 * t) if j < 2 + t // k else 0 for j in range(n)]
+                         for t in range(num_tables)], dtype=torch.long, device=device)
+    mod = moduli.view(-1, 1, 1)
+    ids = torch.zeros((num_tables, *input_ids.shape), dtype=torch.long, device=device)
+    for j in range(n):
+        x_j = context_tokens(input_ids.long(), j, doc_starts).unsqueeze(0) % mod
+        ids = (ids + x_j * coef[:, j].view(-1, 1, 1)) % mod
+    return ids
+
+
+class OverEncoding(nn.Module):
+    def __init__(self, cfg: OverEncodingConfig, d_model: int, vocab_size: int, norm_eps: float = 1e-5):
+        super().__init__()
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+        self.num_tables = cfg.num_tables
+        self.table_dim = d_model // cfg.num_tables
+        self.table_rows = cfg.moduli()
+        self.table = nn.Parameter(torch.empty(sum(self.table_rows), self.table_dim))
+        self.table._oe_table = True  # own optimizer group, row-sharded by the parallelize step
+        self.register_buffer("row_offsets", torch.empty(self.num_tables, dtype=torch.long), persistent=False)
+        self.proj = nn.Linear(self.num_tables * self.table_dim, d_model, bias=False)
+        self.output_norm = RMSNorm(d_model, norm_eps) if cfg.output_norm else None
+        self.reset_buffers()
+
+    def reset_buffers(self) -> None:
+        offsets = [0]
+        for rows in self.table_rows[:-1]:
+            offsets.append(offsets[-1] + rows)
+        if self.row_offsets.device.type != "meta":
+            self.row_offsets.copy_(torch.tensor(offsets, dtype=torch.long))
+
+    def lookup(self, global_rows: torch.Tensor) -> torch.Tensor:
+        """Rows of the stacked table -> vectors [..., table_dim]. Replaced by a sharded lookup under DP."""
+        return F.embedding(global_rows, self.table)
+
+    def table_ids(self, input_ids: torch.Tensor, doc_starts: torch.Tensor | None) -> torch.Tensor:
+        c = self.cfg
+        return ngram_table_ids(input_ids, self.vocab_size, c.n, c.k, c.m,
+                               doc_starts if c.reset_at_doc else None)
+
+    def forward(self, token_emb: torch.Tensor, input_ids: torch.Tensor,
+                doc_starts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """token_emb [B, S, D] (the 1-gram embedding) -> (OE embedding [B, S, D], table ids [T, B, S])."""
+        ids = self.table_ids(input_ids, doc_starts)                          # [T, B, S]
+        global_rows = ids + self.row_offsets.view(-1, 1, 1)
+        vecs = self.lookup(global_rows.permute(1, 2, 0))                      # [B, S, T, d_t]
+        ngram = self.proj(vecs.flatten(-2).to(token_emb.dtype))               # = sum_t W_t e_t
+        if self.output_norm is not None:
+            ngram = self.output_norm(ngram)
+        if self.cfg.output_scale != 1.0:
+            ngram = ngram * self.cfg.output_scale
+        return (token_emb + ngram) / (1 + self.num_tables), ids
