@@ -37,13 +37,19 @@ def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
 class GroupedExperts(nn.Module):
     """E SwiGLU experts as stacked weights: w_gate, w_up [E, H, D]; w_down [E, D, H]."""
 
-    def __init__(self, n_experts: int, d_model: int, hidden: int):
+    def __init__(self, n_experts: int, d_model: int, hidden: int, init_std: float = 0.02):
         super().__init__()
         self.w_gate = nn.Parameter(torch.empty(n_experts, hidden, d_model))
         self.w_up = nn.Parameter(torch.empty(n_experts, hidden, d_model))
         self.w_down = nn.Parameter(torch.empty(n_experts, d_model, hidden))
         for p in (self.w_gate, self.w_up, self.w_down):
             p._moe_expert = True  # lets a parallelize step / optimizer find expert weights
+        self.reset_parameters(init_std)
+
+    @torch.no_grad()
+    def reset_parameters(self, std: float = 0.02) -> None:
+        for p in (self.w_gate, self.w_up, self.w_down):
+            nn.init.trunc_normal_(p, 0.0, std, -3 * std, 3 * std)
 
     def forward(self, x_sorted: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """x_sorted [N, D] grouped by expert (counts[e] rows for expert e, in order) -> [N, D]."""

@@ -77,13 +77,13 @@ class OLMoE(nn.Module):
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.trunc_normal_(module.weight, 0.0, std, -3 * std, 3 * std)
             elif isinstance(module, GroupedExperts):
-                for p in (module.w_gate, module.w_up, module.w_down):
-                    nn.init.trunc_normal_(p, 0.0, std, -3 * std, 3 * std)
+                module.reset_parameters(std)
             elif isinstance(module, RMSNorm):
                 module.reset_parameters()
         if self.over_encoding is not None:
-            oe_std = self.cfg.over_encoding.init_std
-            nn.init.trunc_normal_(self.over_encoding.table, 0.0, oe_std, -3 * oe_std, 3 * oe_std)
+            # the table keeps its own init (oe.init_std); the projection is a Linear, done above
+            nn.init.trunc_normal_(self.over_encoding.table, 0.0, self.cfg.over_encoding.init_std,
+                                  -3 * self.cfg.over_encoding.init_std, 3 * self.cfg.over_encoding.init_std)
             self.over_encoding.reset_buffers()
 
     def embed_inputs(self, input_ids: torch.Tensor, doc_starts: torch.Tensor | None

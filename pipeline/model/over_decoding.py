@@ -27,13 +27,15 @@ def shift_labels(labels: torch.Tensor, d: int) -> torch.Tensor:
     i+1 .. i+d+1 all belong to position i's document (CONTRACTS.md)."""
     if d == 0:
         return labels
-    b, s = labels.shape
+    s = labels.shape[1]
+    if d >= s:
+        return torch.full_like(labels, -100)
     valid = labels != -100
     ok = valid.clone()
     for j in range(1, d + 1):
         ok[:, : s - j] &= valid[:, j:]
-        ok[:, max(s - j, 0):] = False
-    target = F.pad(labels[:, d:], (0, min(d, s)), value=-100)[:, :s]
+    ok[:, s - d:] = False
+    target = F.pad(labels[:, d:], (0, d), value=-100)
     return torch.where(ok, target, torch.full_like(labels, -100))
 
 

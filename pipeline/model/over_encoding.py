@@ -66,6 +66,13 @@ class OverEncoding(nn.Module):
         self.register_buffer("row_offsets", torch.empty(self.num_tables, dtype=torch.long), persistent=False)
         self.proj = nn.Linear(self.num_tables * self.table_dim, d_model, bias=False)
         self.output_norm = RMSNorm(d_model, norm_eps) if cfg.output_norm else None
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        std = self.cfg.init_std
+        nn.init.trunc_normal_(self.table, 0.0, std, -3 * std, 3 * std)
+        self.proj.reset_parameters()
         self.reset_buffers()
 
     def reset_buffers(self) -> None:
