@@ -53,11 +53,8 @@ class GroupedExperts(nn.Module):
 
     def forward(self, x_sorted: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """x_sorted [N, D] grouped by expert (counts[e] rows for expert e, in order) -> [N, D]."""
-        if x_sorted.is_cuda and hasattr(torch, "_grouped_mm") and x_sorted.dtype == torch.bfloat16:
-            offs = counts.cumsum(0).to(torch.int32)
-            gate = torch._grouped_mm(x_sorted, self.w_gate.transpose(1, 2), offs=offs)
-            up = torch._grouped_mm(x_sorted, self.w_up.transpose(1, 2), offs=offs)
-            return torch._grouped_mm(F.silu(gate) * up, self.w_down.transpose(1, 2), offs=offs)
+        # A grouped GEMM (one kernel for all experts) would replace this loop on GPUs; the slices and the
+        # stacked weights are already in the layout it expects.
         outs = []
         # Empty experts still run (on 0 rows) so every expert weight is part of the graph (zero grad).
         for e, xe in enumerate(x_sorted.split(counts.tolist())):

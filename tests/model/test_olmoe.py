@@ -19,12 +19,14 @@ def test_tiny_ot_overfits_one_batch():
     starts = torch.zeros(2, 32, dtype=torch.bool)
     starts[:, 0] = starts[1, 20] = True
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
-    for _ in range(150):
+    for step in range(200):
         out = model(ids, doc_starts=starts)
+        if out.losses["loss"] < 0.1:
+            break
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()
-    assert out.losses["loss"] < 0.1, out.losses
+    assert out.losses["loss"] < 0.1, (step, out.losses)
     assert set(out.losses) == {"lm", "mtp_1", "lb", "z", "loss"}
     assert out.stats["expert_counts"].shape == (model.num_moe_layers, 8) == (3, 8)
     assert out.stats["expert_counts"].sum(1).tolist() == [2 * 32 * 2] * 3
