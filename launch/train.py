@@ -1,0 +1,63 @@
+"""Train a model: `python launch/train.py --config configs/run/demo.yaml [key=value ...]`.
+
+The same command runs under the launchers (one process per rank):
+    deepspeed --num_accelerators 2 launch/train.py --config F [key=value ...]   (CPU: say how many ranks)
+    torchrun --nproc_per_node 2 launch/train.py --config F [key=value ...]
+    mpirun -np 2 python launch/train.py --config F [key=value ...]
+Overrides are dotted keys of the run config (pipeline/config/run.py), e.g. `train.max_steps=50 optim.lr=1e-3
+deepspeed.zero_stage=2 model=configs/model/olmoe_1b7b.yaml`. A run resumes from run_dir's latest checkpoint
+by default (train.resume=auto). Configuration and data problems end with a one-line error and exit code 2.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+# Python puts this script's folder first on sys.path, where launch/inspect.py would shadow the standard
+# library's `inspect`; replace it with the repository root (which also makes PYTHONPATH unnecessary).
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+sys.path.insert(0, os.path.dirname(_HERE))
+
+import argparse  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from pipeline.config.base import ConfigError  # noqa: E402
+from pipeline.config.run import load_run_config  # noqa: E402
+from pipeline.data.indexed_dataset import ShardError  # noqa: E402
+from pipeline.data.loader import DataMismatchError  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--config", required=True, help="run config YAML (configs/run/*.yaml)")
+    # Set by the deepspeed launcher; LOCAL_RANK in the environment carries the same information.
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=100")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    try:
+        cfg = load_run_config(args.config, args.overrides)
+        from pipeline.train.setup import build_trainer
+
+        trainer = build_trainer(cfg)
+    except (ConfigError, ShardError, DataMismatchError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    trainer.fit()
+    if trainer.dist.rank == 0:
+        print(f"done: {cfg.run_dir} (tensorboard --logdir {Path(cfg.run_dir) / 'tensorboard'})", flush=True)
+    import torch.distributed as dist
+
+    dist.barrier()
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

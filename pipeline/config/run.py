@@ -1,0 +1,204 @@
+"""Run configuration: one typed tree for a training run (model, data, optimiser, schedule, DeepSpeed,
+logging, checkpoints, evaluation), loaded from YAML with dotted `key=value` overrides.
+
+`model` may be written inline as a mapping, or as a path to a model YAML (configs/model/*.yaml), resolved
+relative to the run config file first and then to the working directory; later `model.x=...` overrides
+apply on top. The resolved tree is saved with every checkpoint, so a run is reproducible from it alone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from pipeline.config.base import ConfigError, check, from_dict, read_yaml, to_dict, validate_tree
+from pipeline.config.model import ModelConfig
+
+
+@dataclass
+class DataConfig:
+    path: str = ""                      # data_prep output folder holding manifest.json
+    seq_len: int = 2048                 # tokens per packed training sequence
+    train_split: str = "train"
+    val_split: str = "val"
+    verify: Literal["size", "full"] = "size"   # "full" also checks every shard's sha256 at start
+    tokenizer_sha256: str | None = None  # expected tokenizer; a manifest built with another one is an error
+
+    def validate(self) -> None:
+        check(bool(self.path), "data.path", "is required (the data_prep output folder with manifest.json)")
+        check(self.seq_len >= 2, "data.seq_len", f"must be >= 2, got {self.seq_len}")
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000               # optimizer steps; also the default schedule length
+    global_batch_size: int = 8          # sequences per optimizer step, summed over data-parallel ranks
+    micro_batch_size: int = 4           # sequences per forward pass per rank
+    seed: int = 0                       # model init and the data order
+    resume: str = "auto"                # "auto" (latest in run_dir if any) | "never" | a checkpoint folder
+    hard_stop_step: int | None = None   # stop (checkpointing) at this step without changing the schedule
+
+    def validate(self) -> None:
+        check(self.max_steps >= 1, "train.max_steps", f"must be >= 1, got {self.max_steps}")
+        check(self.micro_batch_size >= 1, "train.micro_batch_size", f"must be >= 1, got {self.micro_batch_size}")
+        check(self.global_batch_size % self.micro_batch_size == 0, "train.global_batch_size",
+              f"{self.global_batch_size} is not a multiple of train.micro_batch_size={self.micro_batch_size}")
+        check(self.hard_stop_step is None or self.hard_stop_step >= 1, "train.hard_stop_step",
+              f"must be >= 1, got {self.hard_stop_step}")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 4e-4                    # peak learning rate (OLMoE)
+    betas: tuple[float, ...] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.1           # on matrices; never on norms/biases
+    embedding_weight_decay: bool = False  # whether token embeddings (and output embeddings) are decayed
+    # Over-Encoding tables: the paper is silent. Default: same lr, no weight decay (what public ports use;
+    # the tables are sparse, so decay would shrink rarely-touched rows on every step).
+    oe_lr_multiplier: float = 1.0
+    oe_weight_decay: float = 0.0
+    grad_clip: float = 1.0              # global-norm clipping; 0 disables
+
+    def validate(self) -> None:
+        check(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
+        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas",
+              f"must be two numbers in [0, 1), got {list(self.betas)}")
+        check(self.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        check(self.oe_lr_multiplier > 0, "optim.oe_lr_multiplier", f"must be > 0, got {self.oe_lr_multiplier}")
+        check(self.oe_weight_decay >= 0, "optim.oe_weight_decay", f"must be >= 0, got {self.oe_weight_decay}")
+        check(self.grad_clip >= 0, "optim.grad_clip", f"must be >= 0, got {self.grad_clip}")
+
+
+@dataclass
+class ScheduleConfig:
+    kind: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = 2500            # linear warm-up from 0 (OLMoE: 2,500)
+    decay_steps: int | None = None      # end of the decay; default train.max_steps
+    min_lr_ratio: float = 0.1           # floor as a fraction of the peak (OLMoE: 0.1)
+
+    def validate(self) -> None:
+        check(self.warmup_steps >= 0, "schedule.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        check(0 <= self.min_lr_ratio <= 1, "schedule.min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        check(self.decay_steps is None or self.decay_steps >= 1, "schedule.decay_steps",
+              f"must be >= 1, got {self.decay_steps}")
+
+
+@dataclass
+class DeepSpeedConfig:
+    zero_stage: Literal[0, 1, 2, 3] = 0
+    precision: Literal["fp32", "bf16"] = "fp32"
+    config_file: str | None = None      # a user's DeepSpeed JSON: passed through, we only fill what it omits
+    backend: Literal["auto", "gloo", "nccl"] = "auto"   # auto: nccl with CUDA, else gloo
+
+
+@dataclass
+class LogConfig:
+    every: int = 10                     # steps between metric records / console lines
+    tensorboard: bool = True            # run_dir/tensorboard (rank 0)
+    histogram_every: int = 100          # expert-count histograms (multiple of `every` to be seen)
+    peak_flops_per_device: float | None = None  # for MFU; null: MFU is not reported
+
+    def validate(self) -> None:
+        check(self.every >= 1, "log.every", f"must be >= 1, got {self.every}")
+        check(self.histogram_every >= 1, "log.histogram_every", f"must be >= 1, got {self.histogram_every}")
+        check(self.peak_flops_per_device is None or self.peak_flops_per_device > 0, "log.peak_flops_per_device",
+              f"must be > 0, got {self.peak_flops_per_device}")
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 1000                   # steps between checkpoints (run_dir/checkpoints/step_N); 0: never
+    keep_last: int = 3                  # older checkpoints are deleted; 0 keeps all
+    save_at_end: bool = True            # also checkpoint the final (or hard-stop) step
+
+    def validate(self) -> None:
+        check(self.every >= 0, "checkpoint.every", f"must be >= 0, got {self.every}")
+        check(self.keep_last >= 0, "checkpoint.keep_last", f"must be >= 0, got {self.keep_last}")
+
+
+@dataclass
+class EvalConfig:
+    every: int = 500                    # steps between validation passes; 0: never (except at_end)
+    batches: int = 20                   # micro-batches per rank per validation pass
+    at_end: bool = True
+
+    def validate(self) -> None:
+        check(self.every >= 0, "eval.every", f"must be >= 0, got {self.every}")
+        check(self.batches >= 1, "eval.batches", f"must be >= 1, got {self.batches}")
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig
+    run_dir: str = "runs/default"
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> None:
+        check(bool(self.run_dir), "run_dir", "is required")
+        if self.schedule.decay_steps is None:
+            self.schedule.decay_steps = self.train.max_steps
+        check(self.schedule.decay_steps >= self.schedule.warmup_steps, "schedule.decay_steps",
+              f"{self.schedule.decay_steps} is shorter than schedule.warmup_steps={self.schedule.warmup_steps}")
+
+
+def _load_model_ref(ref: str, base_dir: Path | None) -> dict:
+    candidates = ([base_dir / ref] if base_dir is not None else []) + [Path(ref)]
+    for c in candidates:
+        if c.is_file():
+            return read_yaml(c)
+    raise ConfigError(f"model: model config file {ref!r} not found (looked in {', '.join(map(str, candidates))})")
+
+
+def _set_dotted(data: dict, path: str, value, base_dir: Path | None) -> None:
+    keys = path.strip().split(".")
+    node = data
+    for k in keys[:-1]:
+        if isinstance(node.get(k), str) and k == "model" and node is data:
+            node[k] = _load_model_ref(node[k], base_dir)
+        if node.get(k) is None:
+            node[k] = {}
+        if not isinstance(node[k], dict):
+            raise ConfigError(f"override {path}: {k} is not a section")
+        node = node[k]
+    node[keys[-1]] = value
+
+
+def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                    data: dict | None = None) -> RunConfig:
+    """YAML file (or dict) + `a.b=value` overrides -> validated RunConfig (model references resolved)."""
+    raw = read_yaml(path) if path is not None else dict(data or {})
+    base_dir = Path(path).parent if path is not None else None
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.path=value")
+        key, text = item.split("=", 1)
+        _set_dotted(raw, key, yaml.safe_load(text) if text != "" else "", base_dir)
+    if isinstance(raw.get("model"), str):
+        raw["model"] = _load_model_ref(raw["model"], base_dir)
+    if "model" not in raw:
+        raise ConfigError("model: is required (a mapping or the path of a configs/model/*.yaml file)")
+    cfg = from_dict(RunConfig, raw)
+    validate_tree(cfg)
+    return cfg
+
+
+def run_config_to_yaml(cfg: RunConfig) -> str:
+    """The fully resolved config as YAML (tuples as lists so that it reloads with safe_load)."""
+    def plain(x):
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        return x
+    return yaml.safe_dump(plain(to_dict(cfg)), sort_keys=False)
+

@@ -1,0 +1,74 @@
+"""Process-group start-up for every way a run is launched.
+
+- `deepspeed [--num_accelerators N] launch/train.py ...` and `torchrun ...`: RANK / WORLD_SIZE / LOCAL_RANK /
+  MASTER_ADDR / MASTER_PORT are in the environment already.
+- `mpirun -np N ...`: OpenMPI's OMPI_COMM_WORLD_* variables are mapped to the torch ones (torch has no MPI
+  backend; gloo/nccl rendezvous over TCP on MASTER_ADDR, default loopback).
+- plain `python launch/train.py ...`: a one-process group on a free loopback port.
+Backend: nccl when CUDA is available, else gloo (config `deepspeed.backend` may force one).
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def populate_env() -> None:
+    """Make RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* present, whatever launched us."""
+    env = os.environ
+    if "RANK" not in env and "OMPI_COMM_WORLD_RANK" in env:
+        env["RANK"] = env["OMPI_COMM_WORLD_RANK"]
+        env["WORLD_SIZE"] = env["OMPI_COMM_WORLD_SIZE"]
+        env["LOCAL_RANK"] = env.get("OMPI_COMM_WORLD_LOCAL_RANK", "0")
+        env.setdefault("MASTER_ADDR", "127.0.0.1")
+        env.setdefault("MASTER_PORT", "29500")
+    if "RANK" not in env:
+        env.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
+        env.setdefault("MASTER_ADDR", "127.0.0.1")
+        env.setdefault("MASTER_PORT", str(_free_port()))
+    env.setdefault("LOCAL_RANK", "0")
+    # DeepSpeed's CPU accelerator is picked automatically without CUDA; saying so silences its warning.
+    if not torch.cuda.is_available():
+        env.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def init_distributed(backend: str = "auto", timeout_s: float | None = None) -> DistInfo:
+    populate_env()
+    import deepspeed
+    import deepspeed.ops
+
+    cuda = torch.cuda.is_available()
+    if backend == "auto":
+        backend = "nccl" if cuda else "gloo"
+    if backend == "nccl" and not cuda:
+        raise RuntimeError("deepspeed.backend: nccl needs CUDA, which is not available here (use gloo or auto)")
+    # The shared-memory comm op is only an accelerator for CPU collectives and costs a 45-60 s JIT build on
+    # every fresh machine; gloo does not need it. DeepSpeed consults this table before building it.
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    timeout = datetime.timedelta(seconds=float(timeout_s or os.environ.get("TRAIN_PG_TIMEOUT", 1800)))
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=timeout)
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    return DistInfo(rank=torch.distributed.get_rank(), world_size=torch.distributed.get_world_size(),
+                    local_rank=local_rank, device=device, backend=backend)

@@ -1,0 +1,44 @@
+"""Optimizer parameter groups.
+
+- `decay`: weight matrices, weight decay `optim.weight_decay`.
+- `no_decay`: norms, biases, any other 1-D parameter, and (unless `optim.embedding_weight_decay`) the
+  input token embedding.
+- `oe_tables`: Over-Encoding tables (`param._oe_table = True`): lr x `optim.oe_lr_multiplier`, weight decay
+  `optim.oe_weight_decay`. The paper is silent; defaults (1x, 0.0) follow the public ports, see
+  docs/training.md.
+Every group carries its `name` so logs and tests can find it; empty groups are dropped.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from pipeline.config.run import OptimConfig
+
+
+def classify_param(name: str, param) -> str:
+    if getattr(param, "_oe_table", False):
+        return "oe_tables"
+    lowered = name.lower()
+    if param.ndim < 2 or "norm" in lowered or lowered.endswith(".bias"):
+        return "no_decay"
+    leaf = lowered.split(".")
+    # The input token embedding (the model names it `embed`); the output head counts as a matrix.
+    if any(part in ("embed", "embedding", "embeddings", "tok_embeddings", "wte") for part in leaf[:-1]):
+        return "embedding"
+    return "decay"
+
+
+def build_param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
+    buckets: dict[str, list] = {"decay": [], "no_decay": [], "embedding": [], "oe_tables": []}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            buckets[classify_param(name, p)].append(p)
+    emb_wd = cfg.weight_decay if cfg.embedding_weight_decay else 0.0
+    groups = [
+        {"name": "decay", "params": buckets["decay"], "weight_decay": cfg.weight_decay, "lr": cfg.lr},
+        {"name": "no_decay", "params": buckets["no_decay"], "weight_decay": 0.0, "lr": cfg.lr},
+        {"name": "embedding", "params": buckets["embedding"], "weight_decay": emb_wd, "lr": cfg.lr},
+        {"name": "oe_tables", "params": buckets["oe_tables"], "weight_decay": cfg.oe_weight_decay,
+         "lr": cfg.lr * cfg.oe_lr_multiplier},
+    ]
+    return [g for g in groups if g["params"]]

@@ -1,0 +1,80 @@
+"""Assemble a run: process group, data, model, optimizer + schedule, DeepSpeed engine, resume, callbacks."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from pipeline.config.run import RunConfig, run_config_to_yaml
+from pipeline.data.loader import build_loaders
+from pipeline.train.callbacks import CheckpointCallback, EvalCallback, MetricsCallback
+from pipeline.train.checkpoint import load_checkpoint, resolve_resume_path
+from pipeline.train.deepspeed_config import build_deepspeed_config
+from pipeline.train.distributed import DistInfo, init_distributed
+from pipeline.train.lr_schedule import WarmupDecaySchedule
+from pipeline.train.metrics_writer import MetricsWriter
+from pipeline.train.param_groups import build_param_groups
+from pipeline.train.rng_state import seed_everything
+from pipeline.train.trainer import Trainer
+
+
+def build_optimizer(model: torch.nn.Module, cfg: RunConfig, device: torch.device) -> torch.optim.Optimizer:
+    """A client torch AdamW: fused kernels on CUDA, foreach on CPU. (DeepSpeed's own "AdamW" would be
+    FusedAdam / cpu_adam, which JIT-compile for 1-2 minutes on a fresh machine.)"""
+    o = cfg.optim
+    impl = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.AdamW(build_param_groups(model, o), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                             weight_decay=o.weight_decay, **impl)
+
+
+def build_engine(model: torch.nn.Module, cfg: RunConfig, world_size: int, device: torch.device):
+    import deepspeed
+
+    optimizer = build_optimizer(model, cfg, device)
+    schedule = WarmupDecaySchedule(optimizer, cfg.schedule)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
+                                           config=build_deepspeed_config(cfg, world_size),
+                                           dist_init_required=False)
+    return engine
+
+
+def build_trainer(cfg: RunConfig, dist_info: DistInfo | None = None, model_factory=None) -> Trainer:
+    """`model_factory(model_cfg) -> nn.Module` defaults to pipeline.model.build_model."""
+    dist_info = dist_info or init_distributed(cfg.deepspeed.backend)
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)  # our console line replaces its INFO chatter
+    seed_everything(cfg.train.seed)
+    train_data, val_data, manifest = build_loaders(
+        cfg.data, cfg.model.vocab_size, cfg.train.seed, cfg.train.global_batch_size, cfg.train.micro_batch_size,
+        cfg.eval.batches, dist_info.rank, dist_info.world_size)
+    if model_factory is None:
+        from pipeline.model import build_model as model_factory
+    model = model_factory(cfg.model)
+    engine = build_engine(model, cfg, dist_info.world_size, dist_info.device)
+
+    start_step = 0
+    ckpt = resolve_resume_path(cfg.train.resume, cfg.run_dir)
+    if ckpt is not None:
+        state = load_checkpoint(engine, ckpt)
+        engine.lr_scheduler.apply()
+        train_data.load_state_dict(state["data"])
+        start_step = int(state["step"])
+        if dist_info.rank == 0:
+            print(f"resumed from {ckpt} at step {start_step}", flush=True)
+
+    writer = None
+    if dist_info.rank == 0:
+        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+        writer = MetricsWriter(cfg.run_dir, cfg.log.tensorboard, resume_step=start_step if ckpt else None)
+    callbacks = [EvalCallback(), MetricsCallback(writer, cfg.log.histogram_every),
+                 CheckpointCallback(run_config_to_yaml(cfg))]
+    return Trainer(cfg, dist_info, engine, train_data, val_data, callbacks, start_step=start_step,
+                   flops_per_token=_flops_per_token(cfg))
+
+
+def _flops_per_token(cfg: RunConfig) -> int | None:
+    try:
+        from pipeline.model.flops import training_flops_per_token
+    except ImportError:
+        return None
+    return training_flops_per_token(cfg.model, cfg.data.seq_len)
