@@ -20,6 +20,7 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 sys.path.insert(0, os.path.dirname(_HERE))
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from pipeline.config.base import ConfigError  # noqa: E402
@@ -37,6 +38,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def final_summary(run_dir: Path) -> str:
+    """The last validation result of the run (from metrics.jsonl) and where to look at it."""
+    last_val = None
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file():
+        for line in metrics.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if "val_loss" in record:
+                last_val = record
+    result = (f"final validation loss {last_val['val_loss']:.4f} (perplexity {last_val['val_ppl']:.2f}) at step "
+              f"{last_val['step']}" if last_val else "no validation result (the data has no val split?)")
+    return f"{result}\nrun: {run_dir}\nwatch: tensorboard --logdir {run_dir / 'tensorboard'}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.local_rank is not None:
@@ -49,9 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ShardError, DataMismatchError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
+    if trainer.step >= trainer.stop_step and trainer.dist.rank == 0:
+        print(f"{cfg.run_dir} is already at step {trainer.step}: nothing to train", flush=True)
     trainer.fit()
     if trainer.dist.rank == 0:
-        print(f"done: {cfg.run_dir} (tensorboard --logdir {Path(cfg.run_dir) / 'tensorboard'})", flush=True)
+        print(final_summary(Path(cfg.run_dir)), flush=True)
     import torch.distributed as dist
 
     dist.barrier()

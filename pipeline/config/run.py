@@ -7,6 +7,7 @@ apply on top. The resolved tree is saved with every checkpoint, so a run is repr
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -145,10 +146,9 @@ class RunConfig:
 
     def validate(self) -> None:
         check(bool(self.run_dir), "run_dir", "is required")
+        # A decay shorter than the warm-up is allowed: such a (short) run simply never leaves the warm-up.
         if self.schedule.decay_steps is None:
             self.schedule.decay_steps = self.train.max_steps
-        check(self.schedule.decay_steps >= self.schedule.warmup_steps, "schedule.decay_steps",
-              f"{self.schedule.decay_steps} is shorter than schedule.warmup_steps={self.schedule.warmup_steps}")
 
 
 def _load_model_ref(ref: str, base_dir: Path | None) -> dict:
@@ -157,6 +157,19 @@ def _load_model_ref(ref: str, base_dir: Path | None) -> dict:
         if c.is_file():
             return read_yaml(c)
     raise ConfigError(f"model: model config file {ref!r} not found (looked in {', '.join(map(str, candidates))})")
+
+
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def parse_override_value(text: str):
+    """YAML, except that `1e-3` is a number (YAML 1.1, hence PyYAML, reads exponents without a dot as text)."""
+    if text == "":
+        return ""
+    value = yaml.safe_load(text)
+    if isinstance(value, str) and _NUMBER.match(value.strip()):
+        return float(value)
+    return value
 
 
 def _set_dotted(data: dict, path: str, value, base_dir: Path | None) -> None:
@@ -182,7 +195,7 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] | None 
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.path=value")
         key, text = item.split("=", 1)
-        _set_dotted(raw, key, yaml.safe_load(text) if text != "" else "", base_dir)
+        _set_dotted(raw, key, parse_override_value(text), base_dir)
     if isinstance(raw.get("model"), str):
         raw["model"] = _load_model_ref(raw["model"], base_dir)
     if "model" not in raw:

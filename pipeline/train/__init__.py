@@ -1,0 +1,1 @@
+"""Training: DeepSpeed engine set-up, the trainer loop and its callbacks, checkpoints, metrics."""
