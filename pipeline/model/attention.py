@@ -38,7 +38,9 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(d_model, norm_eps) if qk_norm else None
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+                attn_mask: torch.Tensor | None = None, kv_cache=None) -> torch.Tensor:
+        """kv_cache (a kv_cache.LayerKVCache, decoding only): x holds the new positions, rope their
+        cos/sin; keys and values are appended to the cache and the queries attend over all of it."""
         b, s, d = x.shape
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if self.q_norm is not None:
@@ -46,7 +48,12 @@ class Attention(nn.Module):
         q, k, v = (t.view(b, s, self.n_heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
         cos, sin = rope
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if attn_mask is None:
+        if kv_cache is not None:
+            attn_mask = kv_cache.attention_mask(s)
+            k, v = kv_cache.append(k, v)
+            y = (F.scaled_dot_product_attention(q, k, v) if attn_mask is None
+                 else F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask))
+        elif attn_mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)

@@ -24,8 +24,8 @@ class Block(nn.Module):
             self.mlp = SwiGLU(cfg.d_model, cfg.dense_hidden)
 
     def forward(self, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-                attn_mask: torch.Tensor | None) -> tuple[torch.Tensor, RouterStats | None]:
-        h = h + self.attention(self.attention_norm(h), rope, attn_mask)
+                attn_mask: torch.Tensor | None, kv_cache=None) -> tuple[torch.Tensor, RouterStats | None]:
+        h = h + self.attention(self.attention_norm(h), rope, attn_mask, kv_cache)
         if isinstance(self.mlp, MoE):
             y, stats = self.mlp(self.ffn_norm(h))
         else:

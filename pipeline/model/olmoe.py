@@ -15,6 +15,7 @@ from torch import nn
 from pipeline.config.model import ModelConfig
 from pipeline.model.attention import document_attention_mask
 from pipeline.model.block import Block
+from pipeline.model.kv_cache import DecodeCache
 from pipeline.model.moe import GroupedExperts, RouterStats
 from pipeline.model.norms import RMSNorm
 from pipeline.model.over_decoding import MTPModule, ProductHead, shift_labels, shift_left
@@ -108,6 +109,30 @@ class OLMoE(nn.Module):
     def logits(self, input_ids: torch.Tensor, doc_starts: torch.Tensor | None = None) -> torch.Tensor:
         """Next-token logits [B, S, padded_V] (evaluation / generation)."""
         h = self.forward_hidden(input_ids, doc_starts)[0]
+        return self.lm_head(self.norm(h))
+
+    def new_decode_cache(self, batch: int, capacity: int) -> DecodeCache:
+        """Empty decoding state (KV cache + OE n-gram id cache) for `batch` rows of up to `capacity` tokens."""
+        oe = self.cfg.over_encoding
+        return DecodeCache(batch, capacity, self.cfg.n_layers, oe.n - 1 if oe.enabled else 0,
+                           self.lm_head.weight.device)
+
+    def decode(self, input_ids: torch.Tensor, cache: DecodeCache, valid: torch.Tensor | None = None
+               ) -> torch.Tensor:
+        """Incremental trunk pass over the s new tokens [B, s] (a prompt, then one token at a time): next-token
+        logits [B, s, padded_V]. Rows are single documents; `valid` [B, s] marks real tokens when prompts are
+        left-padded with id 0 (pads never reach a real token: see kv_cache.py). MTP modules are not run."""
+        b, s = input_ids.shape
+        cache.set_valid(valid if valid is not None else torch.ones_like(input_ids, dtype=torch.bool))
+        emb = self.embed(input_ids)
+        if self.over_encoding is not None:
+            emb, cache.ngram_history = self.over_encoding.forward_incremental(emb, input_ids, cache.ngram_history)
+        cos, sin = self.rope(cache.length + s, emb.device, emb.dtype)
+        rope = (cos[cache.length:], sin[cache.length:])
+        h = emb
+        for layer, layer_cache in zip(self.layers, cache.layers):
+            h, _ = layer(h, rope, None, layer_cache)
+        cache.advance(s)
         return self.lm_head(self.norm(h))
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,

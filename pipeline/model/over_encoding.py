@@ -94,7 +94,20 @@ class OverEncoding(nn.Module):
     def forward(self, token_emb: torch.Tensor, input_ids: torch.Tensor,
                 doc_starts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """token_emb [B, S, D] (the 1-gram embedding) -> (OE embedding [B, S, D], table ids [T, B, S])."""
-        ids = self.table_ids(input_ids, doc_starts)                          # [T, B, S]
+        return self._forward_ids(token_emb, self.table_ids(input_ids, doc_starts))
+
+    def forward_incremental(self, token_emb: torch.Tensor, new_ids: torch.Tensor, history: torch.Tensor
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decoding: embed the s new tokens [B, s] given the n-gram id cache `history` [B, n-1] (the
+        previous n-1 ids of each row, zeros before the start). Only the new positions' rows are looked up
+        (one lookup per table per token); returns (embedding [B, s, D], the updated history)."""
+        ctx = history.shape[1]
+        window = torch.cat([history, new_ids], dim=1)                         # [B, n-1+s]
+        c = self.cfg
+        ids = ngram_table_ids(window, self.vocab_size, c.n, c.k, c.m)[:, :, ctx:]   # [T, B, s]
+        return self._forward_ids(token_emb, ids)[0], window[:, window.shape[1] - ctx:]
+
+    def _forward_ids(self, token_emb: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         global_rows = ids + self.row_offsets.view(-1, 1, 1)
         vecs = self.lookup(global_rows.permute(1, 2, 0))                      # [B, S, T, d_t]
         ngram = self.proj(vecs.flatten(-2).to(token_emb.dtype))               # = sum_t W_t e_t
