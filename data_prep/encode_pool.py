@@ -1,0 +1,126 @@
+"""Tokenization of document chunks, in-process (1 worker) or in N worker processes, results in input order.
+
+Why the split of work: the parent streams documents (cheap: I/O, UTF-8, hashing) and writes shards; workers
+only encode. Results are consumed strictly in submission order, so the shard bytes depend only on the input,
+never on N or scheduling. At most `2 N + 2` chunks are in flight, so memory stays flat however fast the
+reader is (a plain Pool.imap would queue the whole corpus).
+"""
+from __future__ import annotations
+
+import itertools
+import multiprocessing as mp
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from data_prep.text import split_text
+from data_prep.tokenizer import Tokenizer, TokenizerSpec
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    tokenizer: TokenizerSpec
+    dtype: str                  # token dtype of the shards ("uint16" | "int32")
+    piece_chars: int            # documents longer than this are encoded in whitespace-aligned pieces
+
+
+class ChunkEncoder:
+    def __init__(self, settings: EncodeSettings, tokenizer: Tokenizer | None = None):
+        self.settings = settings
+        self.tokenizer = tokenizer or Tokenizer(settings.tokenizer)
+        self.eos = self.tokenizer.eos_id
+        self.dtype = np.dtype(settings.dtype)
+
+    def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids of the documents, concatenated with one EOS after each, and the per-document lengths."""
+        limit = self.settings.piece_chars
+        if max(map(len, texts)) <= limit:
+            ids = self.tokenizer.encode_batch(texts)
+        else:
+            # A giant document (e.g. a 100 MB single line) is encoded in pieces cut at newlines/spaces so the
+            # tokenizer's working memory stays bounded; the pieces' ids are concatenated back into one document.
+            pieces, owner = [], []
+            for i, t in enumerate(texts):
+                parts = split_text(t, limit)
+                pieces.extend(parts)
+                owner.extend([i] * len(parts))
+            encoded = self.tokenizer.encode_batch(pieces)
+            ids = [[] for _ in texts]
+            for i, e in zip(owner, encoded):
+                ids[i].extend(e)
+        lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
+        for x in ids:
+            x.append(self.eos)
+        tokens = np.fromiter(itertools.chain.from_iterable(ids), dtype=self.dtype, count=int(lengths.sum()))
+        return tokens, lengths
+
+
+_worker: ChunkEncoder | None = None
+
+
+def _init_worker(settings: EncodeSettings) -> None:
+    global _worker
+    _worker = ChunkEncoder(settings)
+
+
+def _encode_in_worker(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    assert _worker is not None
+    return _worker(texts)
+
+
+class OrderedEncoder:
+    """`results(chunks)` yields (meta, tokens, lengths) in the order of `chunks`, each chunk = (meta, texts)."""
+
+    def __init__(self, settings: EncodeSettings, workers: int, tokenizer: Tokenizer | None = None):
+        self.workers = workers
+        self._local = ChunkEncoder(settings, tokenizer) if workers == 1 else None
+        self._pool = None
+        if workers > 1:
+            # spawn, not fork: the parent may hold threads (tqdm, tokenizers) that fork would copy mid-state.
+            self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                             initializer=_init_worker, initargs=(settings,))
+
+    def results(self, chunks: Iterator[tuple[Any, list[str]]]) -> Iterator[tuple[Any, np.ndarray, np.ndarray]]:
+        if self._local is not None:
+            for meta, texts in chunks:
+                yield (meta, *self._local(texts))
+            return
+        window = 2 * self.workers + 2
+        pending: deque[tuple[Any, Future]] = deque()
+        for meta, texts in chunks:
+            pending.append((meta, self._pool.submit(_encode_in_worker, texts)))
+            if len(pending) >= window:
+                m, fut = pending.popleft()
+                yield (m, *fut.result())
+        while pending:
+            m, fut = pending.popleft()
+            yield (m, *fut.result())
+
+    def close(self, cancel: bool = False) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
+            self._pool = None
+
+    def __enter__(self) -> "OrderedEncoder":
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        self.close(cancel=exc_type is not None)
+
+
+def chunked(docs: Iterator[tuple[Any, str]], max_chars: int, max_docs: int,
+            meta_fn: Callable[[list], Any] = list) -> Iterator[tuple[Any, list[str]]]:
+    """Group (meta, text) pairs into chunks of about `max_chars` characters / at most `max_docs` documents."""
+    metas, texts, size = [], [], 0
+    for meta, text in docs:
+        metas.append(meta)
+        texts.append(text)
+        size += len(text)
+        if size >= max_chars or len(texts) >= max_docs:
+            yield meta_fn(metas), texts
+            metas, texts, size = [], [], 0
+    if texts:
+        yield meta_fn(metas), texts

@@ -1,0 +1,147 @@
+"""`python -m data_prep shard`: inputs -> tokenized, train/val split, checksummed Megatron shards + manifest.
+
+Pipeline: the parent streams documents from every input in order (readers.py), repairs and counts bad text,
+assigns each document to a split by its hash, groups documents into chunks, has them tokenized in order
+(encode_pool.py), and appends the results to one rotating shard writer per split (shard_writer.py). Finished
+shards are journaled (resume.py); the manifest is written last.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from data_prep.config import ShardConfig
+from data_prep.encode_pool import EncodeSettings, OrderedEncoder, chunked
+from data_prep.errors import DataPrepError
+from data_prep.progress import ByteProgress
+from data_prep.readers import ReadOptions, iter_nonempty, read_documents
+from data_prep.resume import prepare_output
+from data_prep.shard_writer import SplitWriter
+from data_prep.sources import InputSource, expand_inputs
+from data_prep.split_assign import TRAIN, VAL, SplitAssigner
+from data_prep.stats import InputStats
+from data_prep.text import encode_utf8
+from data_prep.tokenizer import Tokenizer, TokenizerSpec
+from pipeline.data.indexed_dataset import dtype_for_vocab
+from pipeline.data.manifest import FORMAT_VERSION, SPLITS, Manifest, TokenizerRecord, write_manifest
+
+CHUNK_CHARS = 1 << 19      # ~0.5 MB of text per task: large enough to amortise IPC, small enough to balance
+CHUNK_DOCS = 4096
+
+
+def fingerprint(cfg: ShardConfig, sources: list[InputSource], tokenizer: dict, dtype: str) -> str:
+    """Hash of everything that determines the output bytes (inputs' sizes and mtimes included). Not the output
+    folder or the tokenizer's path: a moved folder or tokenizer file still resumes."""
+    args = {k: v for k, v in cfg.recorded().items() if k not in ("output", "tokenizer")}
+    tok = {k: v for k, v in tokenizer.items() if k != "path"}
+    key = {"format_version": FORMAT_VERSION, "arguments": args, "tokenizer": tok, "dtype": dtype,
+           "inputs": [s.identity() for s in sources]}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _split_chunk(flags: np.ndarray, tokens: np.ndarray, lengths: np.ndarray):
+    """Yield (split, tokens, lengths) for the train and val documents of a chunk, each in input order."""
+    if not flags.any():
+        yield TRAIN, tokens, lengths
+        return
+    if flags.all():
+        yield VAL, tokens, lengths
+        return
+    token_is_val = np.repeat(flags, lengths)
+    yield TRAIN, tokens[~token_is_val], lengths[~flags]
+    yield VAL, tokens[token_is_val], lengths[flags]
+
+
+def run_shard(cfg: ShardConfig, log=print) -> Manifest:
+    t_start = time.time()
+    sources = expand_inputs(cfg.inputs)
+    tokenizer = Tokenizer(TokenizerSpec(cfg.tokenizer, cfg.eos_id, cfg.eos_token))
+    tok_info = tokenizer.describe()
+    dtype = dtype_for_vocab(tokenizer.vocab_size)
+    fp = fingerprint(cfg, sources, tok_info, dtype)
+    folder = Path(cfg.output)
+    state, journal = prepare_output(folder, fp, dtype, cfg.overwrite)
+    if state.complete is not None:
+        log(f"{folder}: already complete ({state.complete.totals['all']['tokens']:,} tokens in "
+            f"{len(state.complete.shards)} shards, all checksums verified); nothing to do")
+        return state.complete
+    if state.resumed:
+        log(f"{folder}: resuming; kept " + ", ".join(f"{len(state.kept[s])} {s}" for s in SPLITS) +
+            " verified shards")
+
+    opts = ReadOptions(cfg.text_field, cfg.doc_split, cfg.skip_bad, cfg.hf_split)
+    assigner = SplitAssigner(cfg.val_fraction, cfg.split_seed)
+    skip = {s: sum(r.documents for r in state.kept[s]) for s in SPLITS}
+    per_input: list[tuple[InputSource, InputStats]] = []
+    progress = ByteProgress(sum(s.nbytes() for s in sources), enabled=cfg.progress)
+
+    def documents() -> Iterator[tuple[bool, str]]:
+        for src in sources:
+            stats = InputStats()
+            per_input.append((src, stats))
+            reader = read_documents(src, opts, stats)
+            progress.start_input()
+            for n, text in enumerate(iter_nonempty(reader)):
+                if n % 64 == 0:
+                    progress.input_at(reader.consumed)
+                data, text, repaired = encode_utf8(text)
+                stats.surrogates_repaired += repaired
+                if len(text) > cfg.encode_piece_chars:
+                    stats.long_documents_split += 1
+                split = VAL if assigner.is_val(data) else TRAIN
+                if skip[split]:
+                    skip[split] -= 1   # already in a kept shard of an interrupted run
+                    continue
+                yield split == VAL, text
+            progress.input_at(reader.consumed)
+
+    writers = {s: SplitWriter(folder, s, dtype, cfg.shard_tokens, len(state.kept[s]), journal.append) for s in SPLITS}
+    settings = EncodeSettings(TokenizerSpec(cfg.tokenizer, tokenizer.eos_id, None), dtype, cfg.encode_piece_chars)
+    try:
+        with OrderedEncoder(settings, cfg.workers, tokenizer if cfg.workers == 1 else None) as encoder:
+            chunks = chunked(documents(), CHUNK_CHARS, CHUNK_DOCS, meta_fn=lambda m: np.array(m, dtype=bool))
+            for flags, tokens, lengths in encoder.results(chunks):
+                for split, t, n in _split_chunk(flags, tokens, lengths):
+                    writers[split].add(t, n)
+                progress.tokens(int(tokens.size))
+        for w in writers.values():
+            w.close()
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        journal.close()
+        progress.close()
+        raise
+    progress.close()
+
+    shards = [r for s in SPLITS for r in state.kept[s] + writers[s].records]
+    total = InputStats()
+    for _, st in per_input:
+        total.add(st)
+    if not shards:
+        journal.close(remove=True)
+        raise DataPrepError(f"no usable text in {len(sources)} input(s): {total.empty_skipped} empty documents, "
+                            f"{total.bad_records_skipped} bad records, {total.binary_files_skipped} binary files "
+                            "skipped; nothing was written")
+    manifest = Manifest(
+        dtype=dtype, tokenizer=TokenizerRecord(**tok_info), shards=shards, fingerprint=fp,
+        inputs=[{"path": src.path, "format": src.format, "bytes": src.nbytes(), **st.nonzero(),
+                 "documents": st.documents} for src, st in per_input],
+        arguments=cfg.recorded(), statistics=total.as_dict())
+    write_manifest(folder, manifest)
+    journal.close(remove=True)
+    elapsed = time.time() - t_start
+    tot = manifest.totals
+    log(f"{folder}: {tot['train']['shards']} train + {tot['val']['shards']} val shards, "
+        f"{tot['all']['documents']:,} documents, {tot['all']['tokens']:,} tokens ({dtype}) in {elapsed:.1f} s"
+        + "".join(f"; {k.replace('_', ' ')}: {v:,}" for k, v in total.nonzero().items() if k != "documents"))
+    for s in SPLITS:
+        if tot[s]["shards"] == 0 and (s == TRAIN or cfg.val_fraction > 0):
+            print(f"warning: the {s} split is empty (--val-fraction {cfg.val_fraction})", file=sys.stderr)
+    return manifest
