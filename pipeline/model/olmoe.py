@@ -135,6 +135,14 @@ class OLMoE(nn.Module):
         cache.advance(s)
         return self.lm_head(self.norm(h))
 
+    def head_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean CE of the output head on normed hidden states. A head swapped in by a parallelize step may
+        bring its own `loss` (a vocab-parallel head never materialises full logits)."""
+        own_loss = getattr(self.lm_head, "loss", None)
+        if own_loss is not None:
+            return own_loss(hidden, targets)
+        return cross_entropy(self.lm_head(hidden), targets)
+
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
                 doc_starts: torch.Tensor | None = None) -> ModelOutput:
         cfg = self.cfg
@@ -142,14 +150,14 @@ class OLMoE(nn.Module):
             labels = labels_from_inputs(input_ids, doc_starts)
         h, emb, oe_ids, router, rope, mask = self.forward_hidden(input_ids, doc_starts)
         hn = self.norm(h)
-        terms = {"lm": cross_entropy(self.lm_head(hn), labels)}
+        terms = {"lm": self.head_loss(hn, labels)}
         if self.mtp is not None:
             h_d = h
             for d, module in enumerate(self.mtp, start=1):
                 h_d, stats = module(h_d, shift_left(emb, d), rope, mask)
                 router.append(stats)
                 # depth d predicts x_{i+d+1} = labels[i+d] through the shared final norm and head
-                terms[f"mtp_{d}"] = cross_entropy(self.lm_head(self.norm(h_d)), shift_labels(labels, d))
+                terms[f"mtp_{d}"] = self.head_loss(self.norm(h_d), shift_labels(labels, d))
         if self.od_heads is not None:
             for j, head in enumerate(self.od_heads, start=2):
                 terms[f"od_{j}"] = cross_entropy(head(hn), shift_labels(labels, j - 1))
