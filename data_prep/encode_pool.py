@@ -11,11 +11,13 @@ import itertools
 import multiprocessing as mp
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from data_prep.errors import DataPrepError
 from data_prep.text import split_text
 from data_prep.tokenizer import Tokenizer, TokenizerSpec
 
@@ -90,14 +92,18 @@ class OrderedEncoder:
             return
         window = 2 * self.workers + 2
         pending: deque[tuple[Any, Future]] = deque()
-        for meta, texts in chunks:
-            pending.append((meta, self._pool.submit(_encode_in_worker, texts)))
-            if len(pending) >= window:
+        try:
+            for meta, texts in chunks:
+                pending.append((meta, self._pool.submit(_encode_in_worker, texts)))
+                if len(pending) >= window:
+                    m, fut = pending.popleft()
+                    yield (m, *fut.result())
+            while pending:
                 m, fut = pending.popleft()
                 yield (m, *fut.result())
-        while pending:
-            m, fut = pending.popleft()
-            yield (m, *fut.result())
+        except BrokenProcessPool:
+            raise DataPrepError("a tokenizer worker process died (killed, or out of memory?); re-run the same "
+                                "command to resume") from None
 
     def close(self, cancel: bool = False) -> None:
         if self._pool is not None:

@@ -8,6 +8,7 @@ shards whose files still match their checksums, deletes everything else of ours,
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -20,8 +21,21 @@ from pipeline.data.indexed_dataset import ShardError
 from pipeline.data.manifest import MANIFEST_NAME, SPLITS, Manifest, ShardRecord, read_manifest, verify_shard
 
 JOURNAL_NAME = ".data_prep_journal.jsonl"
+LOCK_NAME = ".data_prep.lock"
 _OURS = re.compile(rf"^(?:(?:{'|'.join(SPLITS)})_\d{{5}}\.(?:bin|idx)|{re.escape(MANIFEST_NAME)}|"
                    rf"{re.escape(JOURNAL_NAME)})(?:\.\d+{re.escape(TMP_SUFFIX)})?$")
+
+
+def lock_folder(folder: Path):
+    """Exclusive advisory lock for the lifetime of the process: two runs must never write one folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    f = open(folder / LOCK_NAME, "w")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise DataPrepError(f"{folder}: another data_prep shard run is writing to this folder") from None
+    return f
 
 
 class Journal:

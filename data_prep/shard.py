@@ -21,7 +21,7 @@ from data_prep.encode_pool import EncodeSettings, OrderedEncoder, chunked
 from data_prep.errors import DataPrepError
 from data_prep.progress import ByteProgress
 from data_prep.readers import ReadOptions, iter_nonempty, read_documents
-from data_prep.resume import prepare_output
+from data_prep.resume import LOCK_NAME, lock_folder, prepare_output
 from data_prep.shard_writer import SplitWriter
 from data_prep.sources import InputSource, expand_inputs
 from data_prep.split_assign import TRAIN, VAL, SplitAssigner
@@ -59,13 +59,22 @@ def _split_chunk(flags: np.ndarray, tokens: np.ndarray, lengths: np.ndarray):
 
 
 def run_shard(cfg: ShardConfig, log=print) -> Manifest:
-    t_start = time.time()
-    sources = expand_inputs(cfg.inputs)
+    sources = expand_inputs(cfg.inputs, exclude=cfg.output)
     tokenizer = Tokenizer(TokenizerSpec(cfg.tokenizer, cfg.eos_id, cfg.eos_token))
+    folder = Path(cfg.output)
+    lock = lock_folder(folder)
+    try:
+        return _run_locked(cfg, sources, tokenizer, folder, log)
+    finally:
+        (folder / LOCK_NAME).unlink(missing_ok=True)
+        lock.close()
+
+
+def _run_locked(cfg: ShardConfig, sources: list[InputSource], tokenizer: Tokenizer, folder: Path, log) -> Manifest:
+    t_start = time.time()
     tok_info = tokenizer.describe()
     dtype = dtype_for_vocab(tokenizer.vocab_size)
     fp = fingerprint(cfg, sources, tok_info, dtype)
-    folder = Path(cfg.output)
     state, journal = prepare_output(folder, fp, dtype, cfg.overwrite)
     if state.complete is not None:
         log(f"{folder}: already complete ({state.complete.totals['all']['tokens']:,} tokens in "
@@ -101,7 +110,8 @@ def run_shard(cfg: ShardConfig, log=print) -> Manifest:
                 yield split == VAL, text
             progress.input_at(reader.consumed)
 
-    writers = {s: SplitWriter(folder, s, dtype, cfg.shard_tokens, len(state.kept[s]), journal.append) for s in SPLITS}
+    writers = {s: SplitWriter(folder, s, dtype, cfg.shard_tokens, len(state.kept[s]), journal.append)
+               for s in SPLITS}
     settings = EncodeSettings(TokenizerSpec(cfg.tokenizer, tokenizer.eos_id, None), dtype, cfg.encode_piece_chars)
     try:
         with OrderedEncoder(settings, cfg.workers, tokenizer if cfg.workers == 1 else None) as encoder:
@@ -139,7 +149,8 @@ def run_shard(cfg: ShardConfig, log=print) -> Manifest:
     elapsed = time.time() - t_start
     tot = manifest.totals
     log(f"{folder}: {tot['train']['shards']} train + {tot['val']['shards']} val shards, "
-        f"{tot['all']['documents']:,} documents, {tot['all']['tokens']:,} tokens ({dtype}) in {elapsed:.1f} s"
+        f"{tot['all']['documents']:,} documents, {tot['all']['tokens']:,} tokens ({dtype}) in {elapsed:.1f} s "
+        f"({tot['all']['tokens'] / max(elapsed, 1e-9):,.0f} tokens/s)"
         + "".join(f"; {k.replace('_', ' ')}: {v:,}" for k, v in total.nonzero().items() if k != "documents"))
     for s in SPLITS:
         if tot[s]["shards"] == 0 and (s == TRAIN or cfg.val_fraction > 0):

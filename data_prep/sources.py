@@ -67,7 +67,10 @@ def detect(path: Path) -> InputSource:
         raise DataPrepError(f"{path}: is a directory, not a dataset file")
     suffixes = [s.lower() for s in path.suffixes]
     compression = _COMPRESSION.get(suffixes[-1]) if suffixes else None
-    inner = suffixes[-2] if compression and len(suffixes) >= 2 else (suffixes[-1] if suffixes and not compression else "")
+    if compression:
+        inner = suffixes[-2] if len(suffixes) >= 2 else ""
+    else:
+        inner = suffixes[-1] if suffixes else ""
     if inner in _TEXT_EXT:
         return InputSource(str(path), "text", compression)
     if inner in _JSONL_EXT:
@@ -79,9 +82,10 @@ def detect(path: Path) -> InputSource:
     raise DataPrepError(f"{path}: unknown input format (known: {KNOWN_FORMATS})")
 
 
-def _walk(root: Path) -> list[Path]:
-    """Files (and HF dataset folders) under `root`, sorted, following symlinks but never looping."""
-    out, seen = [], set()
+def _walk(root: Path, exclude: set[str]) -> list[Path]:
+    """Files (and HF dataset folders) under `root`, sorted, following symlinks but never looping, never
+    entering the `exclude` folders (our own output folder when it lies inside an input folder)."""
+    out, seen = [], set(exclude)
 
     def visit(d: Path) -> None:
         real = os.path.realpath(d)
@@ -123,8 +127,12 @@ def _hf_spec(spec: str) -> InputSource:
     raise DataPrepError(f"{spec}: expected hf:FOLDER or hf:BUILDER:GLOB with BUILDER one of {', '.join(HF_BUILDERS)}")
 
 
-def expand_inputs(specs: list[str]) -> list[InputSource]:
-    """Resolve every spec, in the order given; files inside a directory or glob in sorted order."""
+def expand_inputs(specs: list[str], exclude: str | Path | None = None) -> list[InputSource]:
+    """Resolve every spec, in the order given; files inside a directory or glob in sorted order. Nothing
+    inside `exclude` (the output folder) is ever an input."""
+    skip = {os.path.realpath(exclude)} if exclude is not None else set()
+    inside = lambda p: any(os.path.realpath(p) == e or os.path.realpath(p).startswith(e + os.sep)  # noqa: E731
+                           for e in skip)
     sources: list[InputSource] = []
     for spec in specs:
         if spec.startswith("hf:"):
@@ -136,12 +144,13 @@ def expand_inputs(specs: list[str]) -> list[InputSource]:
                 raise DataPrepError(f"{spec}: no input files match this pattern")
             paths = []
             for m in map(Path, matches):
-                paths.extend(_walk(m) if m.is_dir() and not is_hf_saved_dataset(m) else [m])
+                if not inside(m):
+                    paths.extend(_walk(m, skip) if m.is_dir() and not is_hf_saved_dataset(m) else [m])
         else:
             p = Path(spec)
             if not p.exists():
                 raise DataPrepError(f"{spec}: input not found")
-            paths = _walk(p) if p.is_dir() and not is_hf_saved_dataset(p) else [p]
+            paths = _walk(p, skip) if p.is_dir() and not is_hf_saved_dataset(p) else [p]
             if not paths:
                 raise DataPrepError(f"{spec}: directory holds no input files")
         sources.extend(detect(p) for p in paths)

@@ -54,8 +54,10 @@ def test_missing_json_field_names_file_and_line_or_is_skipped(tmp_path, sp_model
     assert m.statistics["bad_records_skipped"] == 5 and m.totals["all"]["documents"] == 2
 
 
-@pytest.mark.parametrize("line,msg", [('{"text": null}', "field 'text' is null"), ('[1]', "expected a JSON object"),
-                                      ('{"text": 5}', "field 'text' is int, expected a string"), ("{oops", "invalid JSON")])
+@pytest.mark.parametrize("line,msg", [('{"text": null}', "field 'text' is null"),
+                                      ('[1]', "expected a JSON object"),
+                                      ('{"text": 5}', "field 'text' is int, expected a string"),
+                                      ("{oops", "invalid JSON")])
 def test_each_bad_record_kind_is_named(tmp_path, sp_model, line, msg):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n' + line + "\n")

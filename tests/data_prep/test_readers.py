@@ -47,7 +47,8 @@ def test_paragraph_and_line_splitting_match_reference(tmp_path, monkeypatch, blo
 def test_split_bytes_is_lossless_and_bounded():
     rng = random.Random(0)
     for _ in range(200):
-        data = "".join(rng.choice(["a", "bc ", ". ", "\n", "é", "日本", "😀", "  "]) for _ in range(rng.randint(0, 400)))
+        alphabet = ["a", "bc ", ". ", "\n", "é", "日本", "😀", "  "]
+        data = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 400)))
         raw = data.encode()
         limit = rng.randint(8, 64)
         parts = split_bytes(raw, limit)

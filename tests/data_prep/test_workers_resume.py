@@ -92,3 +92,19 @@ def test_folder_of_another_run_needs_overwrite(tmp_path, sp_model):
     assert rc == 1 and "different run" in err and "--overwrite" in err
     shard_ok(corpus, "-o", tmp_path / "o", "-t", sp_model, "--val-fraction", 0.5, "--overwrite")
     assert load_manifest(tmp_path / "o").arguments["val_fraction"] == 0.5
+
+
+def test_output_inside_input_folder_and_concurrent_runs(tmp_path, sp_model):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("a document")
+    shard_ok(corpus, "-o", corpus / "shards", "-t", sp_model, "--val-fraction", 0)
+    # The second run must not read its own output (manifest.json, .bin files) as input.
+    assert "nothing to do" in shard_ok(corpus, "-o", corpus / "shards", "-t", sp_model, "--val-fraction", 0)
+    from data_prep.resume import lock_folder
+    held = lock_folder(tmp_path / "busy")
+    try:
+        rc, _, err = run_cli("shard", "--no-progress", corpus / "a.txt", "-o", tmp_path / "busy", "-t", sp_model)
+        assert rc == 1 and "another data_prep shard run is writing to this folder" in err
+    finally:
+        held.close()
