@@ -1,0 +1,55 @@
+"""Load a model for inference on one process from either a consolidated export folder (model.safetensors +
+config.yaml, see consolidate.py) or directly from a training checkpoint (run / checkpoints / step_N folder,
+consolidated in memory). Nothing is unpickled: safetensors, YAML, and DeepSpeed's own checkpoint reader."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from pipeline.config.base import ConfigError
+from pipeline.config.model import ModelConfig, load_model_config
+from pipeline.export.checkpoint_reader import CheckpointError
+from pipeline.export.consolidate import EXPORT_INFO_FILE, MODEL_CONFIG_FILE, WEIGHTS_FILE, check_state_dict, consolidate
+
+
+def is_export_folder(path: str | Path) -> bool:
+    p = Path(path)
+    return (p / WEIGHTS_FILE).is_file() and (p / MODEL_CONFIG_FILE).is_file()
+
+
+def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig, dict]:
+    """(state dict, model config, provenance) from an export folder or a checkpoint."""
+    p = Path(path)
+    if is_export_folder(p):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            cfg = load_model_config(p / MODEL_CONFIG_FILE)
+        except ConfigError as e:
+            raise CheckpointError(f"{p / MODEL_CONFIG_FILE}: {e}") from None
+        try:
+            state = load_file(str(p / WEIGHTS_FILE), device="cpu")
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{p / WEIGHTS_FILE}: cannot read ({e})") from None
+        check_state_dict(state, cfg, p / WEIGHTS_FILE)
+        meta = {}
+        if (p / EXPORT_INFO_FILE).is_file():
+            meta = json.loads((p / EXPORT_INFO_FILE).read_text())
+        return state, cfg, {**meta, "source": str(p.resolve()), "loaded_from": "export"}
+    return consolidate(p)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """-> (model in eval mode, model config, provenance dict)."""
+    from pipeline.model import build_model
+
+    state, cfg, meta = load_state(path)
+    model = build_model(cfg, device="meta")
+    model.to_empty(device=device)
+    model.init_weights()          # recomputes buffers (OE row offsets); weights are overwritten below
+    model.load_state_dict(state, strict=True)
+    model.requires_grad_(False)
+    return model.to(dtype).eval(), cfg, meta
