@@ -40,24 +40,42 @@ class ChunkEncoder:
         """Token ids of the documents, concatenated with one EOS after each, and the per-document lengths."""
         limit = self.settings.piece_chars
         if max(map(len, texts)) <= limit:
-            ids = self.tokenizer.encode_batch(texts)
-        else:
-            # A giant document (e.g. a 100 MB single line) is encoded in pieces cut at newlines/spaces so the
-            # tokenizer's working memory stays bounded; the pieces' ids are concatenated back into one document.
-            pieces, owner = [], []
-            for i, t in enumerate(texts):
-                parts = split_text(t, limit)
-                pieces.extend(parts)
-                owner.extend([i] * len(parts))
-            encoded = self.tokenizer.encode_batch(pieces)
-            ids = [[] for _ in texts]
-            for i, e in zip(owner, encoded):
-                ids[i].extend(e)
+            return self._encode_batch(texts)
+        tokens, lengths, short = [], [], []
+        for text in texts:
+            if len(text) <= limit:
+                short.append(text)
+                continue
+            if short:
+                t, n = self._encode_batch(short)
+                tokens.append(t)
+                lengths.append(n)
+                short = []
+            doc = self._encode_long(text, limit)
+            tokens.append(doc)
+            lengths.append(np.array([doc.size], dtype=np.int64))
+        if short:
+            t, n = self._encode_batch(short)
+            tokens.append(t)
+            lengths.append(n)
+        return np.concatenate(tokens), np.concatenate(lengths)
+
+    def _encode_batch(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        ids = self.tokenizer.encode_batch(texts)
         lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
         for x in ids:
             x.append(self.eos)
         tokens = np.fromiter(itertools.chain.from_iterable(ids), dtype=self.dtype, count=int(lengths.sum()))
         return tokens, lengths
+
+    def _encode_long(self, text: str, limit: int) -> np.ndarray:
+        """A giant document (e.g. a 100 MB single line) is encoded piece by piece, cut at newlines/spaces, each
+        piece's ids turned into a compact array at once: the tokenizer's per-token Python objects never exist
+        for more than one piece, so memory stays near the size of the text itself."""
+        parts = [np.fromiter(self.tokenizer.encode_batch([piece])[0], dtype=self.dtype)
+                 for piece in split_text(text, limit)]
+        parts.append(np.array([self.eos], dtype=self.dtype))
+        return np.concatenate(parts)
 
 
 _worker: ChunkEncoder | None = None
