@@ -18,6 +18,9 @@ import sys
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 sys.path.insert(0, os.path.dirname(_HERE))
+# Idle OpenMP threads sleep instead of spinning. With spinning (the default), a CPU run slows down 5x as soon
+# as another process takes one of the cores (measured on the 2-core machines); must be set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import json  # noqa: E402

@@ -146,11 +146,18 @@ def build_loaders(data_cfg, model_vocab_size: int, seed: int, global_batch: int,
     folder = Path(data_cfg.path)
     manifest, train_docs = open_split(folder, data_cfg.train_split, data_cfg.verify, model_vocab_size,
                                       data_cfg.tokenizer_sha256)
-    train = TrainBatches(PackedSequences(train_docs, data_cfg.seq_len, seed, shuffle=True, stream_id=TRAIN_STREAM),
-                         global_batch, micro_batch, dp_rank, dp_size, manifest.tokenizer.sha256)
+
+    def packed(docs: SplitDocuments, split: str, shuffle: bool, stream: int) -> PackedSequences:
+        try:
+            return PackedSequences(docs, data_cfg.seq_len, seed, shuffle=shuffle, stream_id=stream)
+        except ValueError as e:
+            raise DataMismatchError(f"{folder}: {split} {e} (data.seq_len={data_cfg.seq_len})") from None
+
+    train = TrainBatches(packed(train_docs, data_cfg.train_split, True, TRAIN_STREAM), global_batch, micro_batch,
+                         dp_rank, dp_size, manifest.tokenizer.sha256)
     val = None
     if manifest.split_shards(data_cfg.val_split):
         val_docs = SplitDocuments(folder, manifest, data_cfg.val_split)
-        val = ValBatches(PackedSequences(val_docs, data_cfg.seq_len, seed, shuffle=False, stream_id=VAL_STREAM),
-                         micro_batch, eval_batches, dp_rank, dp_size)
+        val = ValBatches(packed(val_docs, data_cfg.val_split, False, VAL_STREAM), micro_batch, eval_batches,
+                         dp_rank, dp_size)
     return train, val, manifest

@@ -152,3 +152,11 @@ def test_too_little_data_for_one_sequence(tmp_path):
     m = read_manifest(folder)
     with pytest.raises(ValueError, match="fewer than one sequence"):
         PackedSequences(SplitDocuments(folder, m, "train"), seq_len=512, seed=0)
+
+
+def test_split_shorter_than_one_sequence_names_folder_and_key(tmp_path):
+    folder = write_shard_folder(tmp_path / "s", {"train": random_documents(2, VOCAB, EOS, seed=4, max_len=5)},
+                                VOCAB, EOS)
+    with pytest.raises(DataMismatchError, match=r"s: train split has .* fewer than one sequence .*data.seq_len=512"):
+        build_loaders(DataConfig(path=str(folder), seq_len=512), VOCAB, seed=0, global_batch=2, micro_batch=2,
+                      eval_batches=1, dp_rank=0, dp_size=1)

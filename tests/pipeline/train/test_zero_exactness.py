@@ -36,3 +36,16 @@ def test_zero_stages_and_world_sizes_agree(tmp_path):
             assert abs(two[stage][step] - loss) <= 1e-5, (stage, step, two[stage][step], loss)
     for step, loss in base.items():
         assert abs(one[step] - loss) <= 1e-5, ("ws1", step, one[step], loss)
+
+
+def bf16_worker(rank, world, shards, root):
+    return {p: train_in_process(shards, f"{root}/{p}", f"deepspeed.precision={p}", "deepspeed.zero_stage=2",
+                                *QUIET[:-1], "train.max_steps=3") for p in ("fp32", "bf16")}
+
+
+def test_bf16_trains_close_to_fp32(tmp_path):
+    shards = str(make_shards(tmp_path / "shards"))
+    runs = run_ranks(1, "tests.pipeline.train.test_zero_exactness:bf16_worker",
+                     {"shards": shards, "root": str(tmp_path)}, timeout=120)[0]
+    for step, loss in runs["fp32"].items():
+        assert abs(runs["bf16"][step] - loss) < 0.05 * loss, (step, runs["bf16"][step], loss)
