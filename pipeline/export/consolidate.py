@@ -80,7 +80,8 @@ def consolidate(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig,
 
     meta = {"format": FORMAT, "source": str(step_dir.resolve()), "step": info.step,
             "parameters": int(sum(v.numel() for v in state.values())),
-            "tokenizer": tokenizer_record_from_run_config(info.run_config)}
+            "tokenizer": tokenizer_record_from_run_config(info.run_config),
+            "data": {k: (info.run_config.get("data") or {}).get(k) for k in ("path", "seq_len", "val_split")}}
     return state, info.model_cfg, meta
 
 

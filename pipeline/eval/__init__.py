@@ -1,0 +1,1 @@
+"""Evaluation: validation loss / perplexity and zero-shot multiple-choice downstream tasks."""
