@@ -7,14 +7,13 @@ apply on top. The resolved tree is saved with every checkpoint, so a run is repr
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import yaml
 
-from pipeline.config.base import ConfigError, check, from_dict, read_yaml, to_dict, validate_tree
+from pipeline.config.base import ConfigError, check, from_dict, parse_yaml, read_yaml, to_dict, validate_tree
 from pipeline.config.model import ModelConfig
 
 
@@ -159,17 +158,9 @@ def _load_model_ref(ref: str, base_dir: Path | None) -> dict:
     raise ConfigError(f"model: model config file {ref!r} not found (looked in {', '.join(map(str, candidates))})")
 
 
-_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-
-
 def parse_override_value(text: str):
-    """YAML, except that `1e-3` is a number (YAML 1.1, hence PyYAML, reads exponents without a dot as text)."""
-    if text == "":
-        return ""
-    value = yaml.safe_load(text)
-    if isinstance(value, str) and _NUMBER.match(value.strip()):
-        return float(value)
-    return value
+    """A command-line value, parsed like a YAML scalar (with `1e-3` read as a number)."""
+    return parse_yaml(text) if text != "" else ""
 
 
 def _set_dotted(data: dict, path: str, value, base_dir: Path | None) -> None:

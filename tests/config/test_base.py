@@ -63,3 +63,15 @@ def test_missing_file_and_bad_yaml(tmp_path):
     (tmp_path / "bad.yaml").write_text("a: [1,\n")
     with pytest.raises(ConfigError, match="bad.yaml: invalid YAML"):
         load_config(Outer, tmp_path / "bad.yaml")
+
+
+def test_exponent_floats_in_files_and_overrides(tmp_path):
+    @dataclass
+    class Opt:
+        lr: float = 0.1
+        eps: float = 0.1
+
+    p = tmp_path / "o.yaml"
+    p.write_text("lr: 1e-3\n")
+    cfg = load_config(Opt, p, ["eps=5E-8"])
+    assert cfg.lr == 1e-3 and cfg.eps == 5e-8
