@@ -43,7 +43,8 @@ def labels_from_inputs(input_ids: torch.Tensor, doc_starts: torch.Tensor | None 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean CE over targets != -100 (fp32); 0 (still in the graph) when nothing is valid."""
-    total = F.cross_entropy(logits.float().flatten(0, -2), targets.flatten(), ignore_index=IGNORE, reduction="sum")
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))       # at least fp32
+    total = F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=IGNORE, reduction="sum")
     return total / (targets != IGNORE).sum().clamp(min=1)
 
 

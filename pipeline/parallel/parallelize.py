@@ -1,0 +1,103 @@
+"""Apply a parallel layout to a built OLMoE model by swapping modules (torchtitan-style); the model code
+itself stays free of distribution.
+
+    groups = init_process_groups(ParallelConfig(tp=1, ep=2), cfg)
+    model = parallelize(build_model(cfg), groups)      # same parameter names, local shards only
+    ... loss.backward(); sync_gradients(model, groups)   # when not training through DeepSpeed
+
+Swaps: OverEncoding -> ShardedOverEncoding (table rows split over groups.oe_group, all-to-all lookup);
+MoE -> ExpertParallelMoE when ep > 1; attention / dense MLP / embedding / head -> megatron-core
+tensor-parallel layers when tp > 1. Shards are copied from the built model, so a model built with the same
+seed as a single-process run starts identical (the equivalence tests rely on it). On the meta device the
+swap allocates nothing; materialise with to_empty() and init_weights() afterwards.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from pipeline.model.attention import Attention
+from pipeline.model.mlp import SwiGLU
+from pipeline.model.moe import MoE
+from pipeline.model.over_encoding import OverEncoding
+from pipeline.parallel.expert_parallel import ExpertParallelMoE
+from pipeline.parallel.process_groups import ParallelGroups
+from pipeline.parallel.shard_info import mark_sharded
+from pipeline.parallel.sharded_embedding import RowSharding, sharded_lookup
+
+
+class ShardedOverEncoding(OverEncoding):
+    """OverEncoding whose stacked table holds only this rank's contiguous block of rows (paper §3.3)."""
+
+    def __init__(self, dense: OverEncoding, group: dist.ProcessGroup):
+        with torch.device("meta"):   # build the module skeleton without allocating a full table
+            super().__init__(dense.cfg, dense.proj.out_features, dense.vocab_size)
+        self.proj, self.output_norm = dense.proj, dense.output_norm
+        self.register_buffer("row_offsets", dense.row_offsets.clone(), persistent=False)
+        self.group = group
+        self.sharding = RowSharding(sum(self.table_rows), dist.get_world_size(group), dist.get_rank(group))
+        start, end = self.sharding.bounds()
+        self.table = nn.Parameter(dense.table.detach()[start:end].clone())
+        self.table._oe_table = True
+        mark_sharded(self.table, 0, start, end, self.sharding.global_rows)
+
+    def lookup(self, global_rows: torch.Tensor) -> torch.Tensor:
+        # every rank in the group holds a per-rank mean loss of its own (or a tp copy's) data; the owner
+        # sums their row gradients, so scale by the group size to get the data-parallel mean
+        return sharded_lookup(self.table, global_rows, self.sharding, self.group,
+                              grad_scale=1.0 / self.sharding.world)
+
+
+def _swap(model: nn.Module, kind: type, make) -> int:
+    swapped = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is kind:
+                setattr(parent, name, make(child))
+                swapped += 1
+    return swapped
+
+
+def parallelize(model: nn.Module, groups: ParallelGroups) -> nn.Module:
+    """Swap in the parallel modules for `groups.layout`, in place; returns the model."""
+    if getattr(model, "over_encoding", None) is not None:
+        model.over_encoding = ShardedOverEncoding(model.over_encoding, groups.oe_group)
+    if groups.ep > 1:
+        _swap(model, MoE, lambda m: ExpertParallelMoE(m, groups.ep_group))
+    if groups.tp > 1:
+        from pipeline.parallel import tensor_parallel as tpl  # imports megatron-core's layers
+        config = tpl.megatron_config(groups.tp, model.lm_head.weight.dtype)
+        r = groups.tp_rank
+        _swap(model, Attention, lambda m: tpl.TensorParallelAttention(m, config, r, groups.tp_group))
+        _swap(model, SwiGLU, lambda m: tpl.TensorParallelSwiGLU(m, config, r))
+        model.embed = tpl.vocab_parallel_embedding(model.embed, config, r)
+        model.lm_head = tpl.vocab_parallel_head(model.lm_head, config, r)
+    return model
+
+
+def is_oe_table(p: torch.Tensor) -> bool:
+    return getattr(p, "_oe_table", False)
+
+
+def is_expert(p: torch.Tensor) -> bool:
+    return getattr(p, "_moe_expert", False)
+
+
+@torch.no_grad()
+def sync_gradients(model: nn.Module, groups: ParallelGroups) -> None:
+    """Average gradients to the data-parallel mean, for loops that do not use DeepSpeed:
+    - OE table shards: nothing to do (owners already hold the scaled sum from the all-to-all backward),
+    - expert shards (ep > 1): each owner holds the sum over its EP group's tokens; sum over the ranks holding
+      the same experts and divide by dp,
+    - everything else: mean over the data-parallel group (tp peers hold identical replicated gradients)."""
+    for p in model.parameters():
+        if p.grad is None or is_oe_table(p):
+            continue
+        if groups.ep > 1 and is_expert(p):
+            dist.all_reduce(p.grad, group=groups.edp_group)
+        elif groups.dp > 1:
+            dist.all_reduce(p.grad, group=groups.dp_group)
+        else:
+            continue
+        p.grad.div_(groups.dp)
