@@ -30,10 +30,18 @@ class OverEncodingConfig:
     output_scale: float = 1.0       # multiply the summed n-gram projections (LongCat: ~sqrt(D)); 1 = paper
     output_norm: bool = False       # RMSNorm the summed n-gram projections before the mean; False = paper
     init_std: float = 0.02          # tables use the token-embedding init (paper silent; ports do this)
+    # Ablations (paper Tables 3-4); the defaults are the paper's method.
+    orders: list[int] | None = None  # n-gram orders that get tables, e.g. [3] for "1+3"; None = 2..n
+    unigram: bool = True            # False drops E_tok[x_i] from the mean ("2-gram without 1-gram")
+    allow_vocab_multiple: bool = False  # True turns the m-multiple-of-V error into a warning (collision ablation)
+
+    def table_orders(self) -> list[int]:
+        """Order served by each group of k tables: table t serves table_orders()[t // k]."""
+        return list(self.orders) if self.orders is not None else list(range(2, self.n + 1))
 
     @property
     def num_tables(self) -> int:
-        return self.k * (self.n - 1)
+        return self.k * len(self.table_orders())
 
     def moduli(self) -> list[int]:
         return [self.m + 2 * t for t in range(self.num_tables)]
@@ -48,13 +56,17 @@ class OverEncodingConfig:
               f"{self.m} too large: moduli must stay below {MAX_OE_MODULUS} for exact int64 hashing")
         check(self.init_std > 0, "over_encoding.init_std", f"must be > 0 (got {self.init_std})")
         check(self.output_scale > 0, "over_encoding.output_scale", f"must be > 0 (got {self.output_scale})")
+        if self.orders is not None:
+            check(len(self.orders) >= 1 and all(2 <= o <= self.n for o in self.orders)
+                  and len(set(self.orders)) == len(self.orders), "over_encoding.orders",
+                  f"must be distinct orders in [2, n={self.n}] (got {self.orders})")
 
     def check_against_vocab(self, vocab_size: int) -> None:
         """Paper §4 ablation: m = 64·V makes the 2-gram id depend on x_{i-1} mod 64 only."""
         if not self.enabled:
             return
         for t, mod in enumerate(self.moduli()):
-            if mod % vocab_size == 0:
+            if mod % vocab_size == 0 and not self.allow_vocab_multiple:
                 raise ConfigError(f"over_encoding.m: table {t} modulus m+2t={mod} is a multiple of "
                                   f"vocab_size={vocab_size}; n-gram ids would collapse (choose another m)")
             g = math.gcd(mod, vocab_size)

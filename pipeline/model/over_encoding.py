@@ -32,18 +32,20 @@ def context_tokens(input_ids: torch.Tensor, lag: int, doc_starts: torch.Tensor |
 
 
 def ngram_table_ids(input_ids: torch.Tensor, vocab_size: int, n: int, k: int, m: int,
-                    doc_starts: torch.Tensor | None = None) -> torch.Tensor:
+                    doc_starts: torch.Tensor | None = None, orders: list[int] | None = None) -> torch.Tensor:
     """Row of every OE table for every position: LongTensor [k(n-1), B, S], values in [0, m + 2t).
+    `orders` (default 2..n) picks the n-gram orders that get k tables each (hierarchy ablations).
 
     Exact for any n and V without int64 overflow: per table modulus M = m + 2t, each term is
     (x mod M) * (V^j mod M) < M^2 < 2^63 and the sum is reduced mod M after every term (V^j mod M is
     computed with Python integers). Pass doc_starts to restart the context at document boundaries.
     """
-    num_tables = k * (n - 1)
+    orders = list(range(2, n + 1)) if orders is None else list(orders)
+    num_tables = k * len(orders)
     device = input_ids.device
     moduli = torch.tensor([m + 2 * t for t in range(num_tables)], dtype=torch.long, device=device)
     # coef[t, j] = V^j mod M_t for j < order(t), else 0 (the term is not part of that table's n-gram)
-    coef = torch.tensor([[pow(vocab_size, j, m + 2 * t) if j < 2 + t // k else 0 for j in range(n)]
+    coef = torch.tensor([[pow(vocab_size, j, m + 2 * t) if j < orders[t // k] else 0 for j in range(n)]
                          for t in range(num_tables)], dtype=torch.long, device=device)
     mod = moduli.view(-1, 1, 1)
     ids = torch.zeros((num_tables, *input_ids.shape), dtype=torch.long, device=device)
@@ -89,7 +91,7 @@ class OverEncoding(nn.Module):
     def table_ids(self, input_ids: torch.Tensor, doc_starts: torch.Tensor | None) -> torch.Tensor:
         c = self.cfg
         return ngram_table_ids(input_ids, self.vocab_size, c.n, c.k, c.m,
-                               doc_starts if c.reset_at_doc else None)
+                               doc_starts if c.reset_at_doc else None, c.orders)
 
     def forward(self, token_emb: torch.Tensor, input_ids: torch.Tensor,
                 doc_starts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,7 +106,7 @@ class OverEncoding(nn.Module):
         ctx = history.shape[1]
         window = torch.cat([history, new_ids], dim=1)                         # [B, n-1+s]
         c = self.cfg
-        ids = ngram_table_ids(window, self.vocab_size, c.n, c.k, c.m)[:, :, ctx:]   # [T, B, s]
+        ids = ngram_table_ids(window, self.vocab_size, c.n, c.k, c.m, orders=c.orders)[:, :, ctx:]  # [T, B, s]
         return self._forward_ids(token_emb, ids)[0], window[:, window.shape[1] - ctx:]
 
     def _forward_ids(self, token_emb: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,4 +117,6 @@ class OverEncoding(nn.Module):
             ngram = self.output_norm(ngram)
         if self.cfg.output_scale != 1.0:
             ngram = ngram * self.cfg.output_scale
+        if not self.cfg.unigram:        # ablation: the mean over the n-gram tables only
+            return ngram / self.num_tables, ids
         return (token_emb + ngram) / (1 + self.num_tables), ids

@@ -99,3 +99,33 @@ def test_table_is_one_marked_parameter_with_offsets():
     names = dict(oe.named_parameters())
     assert names["table"].shape == (53 + 55 + 57 + 59, 4) and names["table"]._oe_table
     assert oe.row_offsets.tolist() == [0, 53, 108, 165]
+
+
+def test_orders_subset_serves_only_the_named_orders():
+    """Hierarchy ablation "1+3": k tables of 3-grams only, moduli m, m+2, ... as usual."""
+    x = torch.tensor([[3, 1, 4, 1, 5]])
+    ids = ngram_table_ids(x, vocab_size=10, n=3, k=2, m=1000, orders=[3])
+    assert ids.shape == (2, 1, 5)
+    assert ids[0, 0].tolist() == [3, 31, 314, 141, 415]            # 3-grams mod 1000
+    assert ids[1, 0].tolist() == [3, 31, 314, 141, 415]            # 3-grams mod 1002 (all < 1000 here)
+    cfg = OverEncodingConfig(enabled=True, n=3, k=2, m=53, orders=[3])
+    assert cfg.num_tables == 2 and cfg.table_orders() == [3]
+
+
+def test_without_unigram_the_token_embedding_is_ignored():
+    cfg = OverEncodingConfig(enabled=True, n=2, k=1, m=53, unigram=False)
+    oe = OverEncoding(cfg, d_model=16, vocab_size=11)
+    x = torch.randint(0, 11, (2, 9))
+    out_a, _ = oe(torch.randn(2, 9, 16), x)
+    out_b, ids = oe(torch.randn(2, 9, 16), x)
+    torch.testing.assert_close(out_a, out_b)
+    torch.testing.assert_close(out_a, oe.proj(oe.table[ids[0]]))   # one table: the mean is the table itself
+
+
+def test_vocab_multiple_is_an_error_unless_allowed_for_the_ablation():
+    from pipeline.config.base import ConfigError
+    with pytest.raises(ConfigError):
+        OverEncodingConfig(enabled=True, n=2, k=1, m=64 * 11).check_against_vocab(11)
+    OverEncodingConfig(enabled=True, n=2, k=1, m=64 * 11, allow_vocab_multiple=True).check_against_vocab(11)
+    with pytest.raises(ConfigError, match="orders"):
+        OverEncodingConfig(enabled=True, n=3, k=1, m=53, orders=[4]).validate()
