@@ -13,7 +13,7 @@ from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -134,17 +134,3 @@ class OrderedEncoder:
     def __exit__(self, exc_type, *_) -> None:
         self.close(cancel=exc_type is not None)
 
-
-def chunked(docs: Iterator[tuple[Any, str]], max_chars: int, max_docs: int,
-            meta_fn: Callable[[list], Any] = list) -> Iterator[tuple[Any, list[str]]]:
-    """Group (meta, text) pairs into chunks of about `max_chars` characters / at most `max_docs` documents."""
-    metas, texts, size = [], [], 0
-    for meta, text in docs:
-        metas.append(meta)
-        texts.append(text)
-        size += len(text)
-        if size >= max_chars or len(texts) >= max_docs:
-            yield meta_fn(metas), texts
-            metas, texts, size = [], [], 0
-    if texts:
-        yield meta_fn(metas), texts

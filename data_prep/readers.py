@@ -151,12 +151,15 @@ class TextReader(Reader):
         if carry:
             yield self._decode(carry.removesuffix(b"\r"))
 
-    def _paragraph(self, data: bytes) -> str | None:
+    def _paragraph(self, data: bytes | bytearray) -> str | None:
         """A paragraph's text without blank lines before it and without its final line terminator."""
-        m = _LEADING_BLANK_LINES.match(data)
-        data = data[m.end():] if m else data
+        if data[:1].isspace():
+            m = _LEADING_BLANK_LINES.match(data)
+            data = data[m.end():] if m else data
         data = data.rstrip(b"\r\n")
-        return self._decode(data) if data.strip() else None   # whitespace-only: blank lines, not a document
+        if not data or data.isspace():
+            return None   # whitespace only: blank lines, not a document
+        return self._decode(data)
 
     def _paragraphs(self, blocks: Iterator[bytes]) -> Iterator[str]:
         buf = bytearray()
@@ -166,7 +169,7 @@ class TextReader(Reader):
             buf += block
             start = 0
             for m in _PARAGRAPH_SEP.finditer(buf, search_from):
-                text = self._paragraph(bytes(buf[start:m.start()]))
+                text = self._paragraph(buf[start:m.start()])
                 if text is not None:
                     yield text
                 start = m.end()

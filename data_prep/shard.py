@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 
 from data_prep.config import ShardConfig
-from data_prep.encode_pool import EncodeSettings, OrderedEncoder, chunked
+from data_prep.encode_pool import EncodeSettings, OrderedEncoder
 from data_prep.errors import DataPrepError
 from data_prep.progress import ByteProgress
 from data_prep.readers import ReadOptions, iter_nonempty, read_documents
@@ -86,37 +86,50 @@ def _run_locked(cfg: ShardConfig, sources: list[InputSource], tokenizer: Tokeniz
 
     opts = ReadOptions(cfg.text_field, cfg.doc_split, cfg.skip_bad, cfg.hf_split)
     assigner = SplitAssigner(cfg.val_fraction, cfg.split_seed)
-    skip = {s: sum(r.documents for r in state.kept[s]) for s in SPLITS}
+    # Documents of each split already in kept shards, indexed by "is val" (False = train, True = val).
+    skip = {split == VAL: sum(r.documents for r in state.kept[split]) for split in SPLITS}
     per_input: list[tuple[InputSource, InputStats]] = []
     progress = ByteProgress(sum(s.nbytes() for s in sources), enabled=cfg.progress)
 
-    def documents() -> Iterator[tuple[bool, str]]:
+    def chunks() -> Iterator[tuple[np.ndarray, list[str]]]:
+        """(is-val flags, texts) of ~CHUNK_CHARS each, in input order. One flat loop per document: this runs
+        in the parent for every document, so it avoids per-document generator layers and calls."""
+        flags, texts, size = [], [], 0
+        is_val, piece_chars = assigner.is_val, cfg.encode_piece_chars
         for src in sources:
             stats = InputStats()
             per_input.append((src, stats))
             reader = read_documents(src, opts, stats)
             progress.start_input()
-            for n, text in enumerate(iter_nonempty(reader)):
-                if n % 64 == 0:
-                    progress.input_at(reader.consumed)
-                data, text, repaired = encode_utf8(text)
-                stats.surrogates_repaired += repaired
-                if len(text) > cfg.encode_piece_chars:
+            for text in iter_nonempty(reader):
+                try:
+                    data = text.encode("utf-8")
+                except UnicodeEncodeError:
+                    data, text, repaired = encode_utf8(text)
+                    stats.surrogates_repaired += repaired
+                if len(text) > piece_chars:
                     stats.long_documents_split += 1
-                split = VAL if assigner.is_val(data) else TRAIN
-                if skip[split]:
-                    skip[split] -= 1   # already in a kept shard of an interrupted run
+                val = is_val(data)
+                if skip[val]:
+                    skip[val] -= 1   # already in a kept shard of an interrupted run
                     continue
-                yield split == VAL, text
+                flags.append(val)
+                texts.append(text)
+                size += len(text)
+                if size >= CHUNK_CHARS or len(texts) >= CHUNK_DOCS:
+                    progress.input_at(reader.consumed)
+                    yield np.array(flags, dtype=bool), texts
+                    flags, texts, size = [], [], 0
             progress.input_at(reader.consumed)
+        if texts:
+            yield np.array(flags, dtype=bool), texts
 
     writers = {s: SplitWriter(folder, s, dtype, cfg.shard_tokens, len(state.kept[s]), journal.append)
                for s in SPLITS}
     settings = EncodeSettings(TokenizerSpec(cfg.tokenizer, tokenizer.eos_id, None), dtype, cfg.encode_piece_chars)
     try:
         with OrderedEncoder(settings, cfg.workers, tokenizer if cfg.workers == 1 else None) as encoder:
-            chunks = chunked(documents(), CHUNK_CHARS, CHUNK_DOCS, meta_fn=lambda m: np.array(m, dtype=bool))
-            for flags, tokens, lengths in encoder.results(chunks):
+            for flags, tokens, lengths in encoder.results(chunks()):
                 for split, t, n in _split_chunk(flags, tokens, lengths):
                     writers[split].add(t, n)
                 progress.tokens(int(tokens.size))

@@ -25,7 +25,7 @@ codecs.register_error("data_prep.count_replace", _count_and_replace)
 codecs.register_error("data_prep.count_replace_encode", _count_and_replace_encode)
 
 
-def decode_utf8(data: bytes) -> tuple[str, int]:
+def decode_utf8(data: bytes | bytearray) -> tuple[str, int]:
     """Decode UTF-8, replacing invalid sequences with U+FFFD; returns (text, number of sequences replaced)."""
     try:
         return data.decode("utf-8"), 0

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_prep.encode_pool import ChunkEncoder, EncodeSettings, OrderedEncoder, chunked
+from data_prep.encode_pool import ChunkEncoder, EncodeSettings, OrderedEncoder
 from data_prep.tokenizer import TokenizerSpec
 from tests.data_prep.conftest import make_docs
 
@@ -14,23 +14,23 @@ def test_results_in_order_and_bounded_read_ahead(sp_model):
     expected = ChunkEncoder(settings)(docs)
     pulled = []
 
-    def source():
-        for i, d in enumerate(docs):
-            pulled.append(i)
-            yield i, d
+    def source(per_chunk=4):
+        for start in range(0, len(docs), per_chunk):
+            pulled.extend(range(start, min(start + per_chunk, len(docs))))
+            yield list(range(start, start + per_chunk))[: len(docs) - start], docs[start:start + per_chunk]
 
     workers, got_tokens, got_lengths, max_ahead = 2, [], [], 0
     with OrderedEncoder(settings, workers) as enc:
         consumed = 0
-        for meta, tokens, lengths in enc.results(chunked(source(), max_chars=200, max_docs=4)):
+        for meta, tokens, lengths in enc.results(source()):
             assert meta == list(range(consumed, consumed + len(meta)))   # strictly in input order
             consumed += len(meta)
             max_ahead = max(max_ahead, len(pulled) - consumed)
             got_tokens.append(tokens)
             got_lengths.append(lengths)
     assert consumed == len(docs)
-    # At most 2N+2 chunks of <= 4 documents are submitted but not yet consumed (+1 chunk being assembled).
-    assert max_ahead <= (2 * workers + 3) * 4
+    # At most 2N+2 chunks of 4 documents are submitted but not yet consumed.
+    assert max_ahead <= (2 * workers + 2) * 4
     assert np.array_equal(np.concatenate(got_tokens), expected[0])
     assert np.array_equal(np.concatenate(got_lengths), expected[1])
 
