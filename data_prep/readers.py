@@ -208,19 +208,17 @@ class JsonlReader(Reader):
             self.consumed = raw.tell()
 
 
-def _arrow_texts(reader: Reader, batches, where_prefix: str) -> Iterator[str]:
-    """Texts of the text column of an iterator of Arrow batches/tables; nulls are bad records."""
-    row = 0
-    for batch in batches:
-        for value in batch.column(0).to_pylist():
-            row += 1
-            if value is None:
-                reader._bad(f"{where_prefix}row {row}", f"field {reader.opts.text_field!r} is null")
-            elif not isinstance(value, str):
-                reader._bad(f"{where_prefix}row {row}", f"field {reader.opts.text_field!r} is "
-                            f"{type(value).__name__}, expected a string")
-            else:
-                yield value
+def _column_texts(reader: Reader, values: list, first_row: int, where: str = "") -> Iterator[str]:
+    """Texts of one batch of a text column (rows numbered from 1 per file/split); nulls and non-strings are
+    bad records."""
+    field = reader.opts.text_field
+    for row, value in enumerate(values, start=first_row):
+        if isinstance(value, str):
+            yield value
+        elif value is None:
+            reader._bad(f"{where}row {row}", f"field {field!r} is null")
+        else:
+            reader._bad(f"{where}row {row}", f"field {field!r} is {type(value).__name__}, expected a string")
 
 
 def _require_column(src: InputSource, names: list[str], field: str, where: str = "") -> None:
@@ -237,7 +235,7 @@ class ParquetReader(Reader):
         size, total = os.path.getsize(self.src.path), max(1, f.metadata.num_rows)
         done = 0
         for batch in f.iter_batches(batch_size=_BATCH_ROWS, columns=[self.opts.text_field]):
-            yield from _arrow_texts(self, [batch], "")
+            yield from _column_texts(self, batch.column(0).to_pylist(), done + 1)
             done += batch.num_rows
             self.consumed = size * done // total
 
@@ -262,8 +260,10 @@ class HfDiskReader(Reader):
         for where, d in parts:
             _require_column(self.src, d.column_names, self.opts.text_field, where)
             arrow = d.select_columns([self.opts.text_field]).with_format("arrow")
+            row = 1
             for table in arrow.iter(batch_size=_BATCH_ROWS):
-                yield from _arrow_texts(self, [table], f"{where.strip()} " if where else "")
+                yield from _column_texts(self, table.column(0).to_pylist(), row, f"{where.strip()} " if where else "")
+                row += table.num_rows
                 done += table.num_rows
                 self.consumed = size * done // total
 
@@ -283,16 +283,15 @@ class HfLoadReader(Reader):
                                        streaming=True, **kwargs)
         except (ValueError, FileNotFoundError) as e:
             raise DataPrepError(f"{self.src.path}: datasets.load_dataset failed ({str(e).splitlines()[0]})") from None
-        size = self.src.nbytes()
-        seen_columns = False
+        size, row = self.src.nbytes(), 1
         for batch in ds.iter(batch_size=_BATCH_ROWS):
-            if not seen_columns:
+            if row == 1:
                 _require_column(self.src, list(batch), self.opts.text_field)
-                seen_columns = True
-            import pyarrow as pa
-            column = pa.table({"t": batch[self.opts.text_field]})
-            yield from _arrow_texts(self, [column], "")
-            self.consumed = min(size, self.consumed + sum(len(t or "") for t in batch[self.opts.text_field]))
+            values = batch[self.opts.text_field]
+            yield from _column_texts(self, values, row)
+            row += len(values)
+            # Rows carry no file offsets when streaming: estimate progress by the text read so far.
+            self.consumed = min(size, self.consumed + sum(len(t) for t in values if isinstance(t, str)))
         self.consumed = size
 
 

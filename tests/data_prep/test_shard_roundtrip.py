@@ -108,3 +108,20 @@ def test_giant_document_is_encoded_in_pieces_without_loss(tmp_path, sp_model, ol
         m = load_manifest(out, verify="full")
         assert m.statistics["long_documents_split"] == 1 and m.totals["all"]["documents"] == 1
         assert decoded(out, tok, "train") == [unicodedata.normalize("NFC", big)]
+
+
+def test_hf_dataset_dict_splits_and_load_dataset_specs(tmp_path, sp_model):
+    import datasets
+    docs = make_docs(9, seed=21)
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"body": docs[:5]}),
+                          "test": datasets.Dataset.from_dict({"body": docs[5:7]})}).save_to_disk(str(tmp_path / "dd"))
+    shard_ok(tmp_path / "dd", "-o", tmp_path / "all", "-t", sp_model, "--text-field", "body", "--val-fraction", 0)
+    assert decoded(tmp_path / "all", sp_model, "train") == docs[:7]          # every split, in stored order
+    shard_ok(tmp_path / "dd", "-o", tmp_path / "test", "-t", sp_model, "--text-field", "body", "--hf-split", "test",
+             "--val-fraction", 0)
+    assert decoded(tmp_path / "test", sp_model, "train") == docs[5:7]
+    (tmp_path / "js").mkdir()
+    for i, d in enumerate(docs[7:]):
+        (tmp_path / "js" / f"{i}.jsonl").write_text(json.dumps({"text": d}) + "\n")
+    shard_ok(f"hf:json:{tmp_path / 'js' / '*.jsonl'}", "-o", tmp_path / "hfjson", "-t", sp_model, "--val-fraction", 0)
+    assert decoded(tmp_path / "hfjson", sp_model, "train") == docs[7:]
