@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing as mp
+import signal
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -83,6 +84,8 @@ _worker: ChunkEncoder | None = None
 
 def _init_worker(settings: EncodeSettings) -> None:
     global _worker
+    # Ctrl-C reaches the whole process group: let the parent alone handle it (it cancels and shuts us down).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker = ChunkEncoder(settings)
 
 
