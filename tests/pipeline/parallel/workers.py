@@ -135,3 +135,55 @@ def equivalence(rank: int, world: int, model: str, overrides: list[str], layout:
     groups = init_process_groups(ParallelConfig(**layout), cfg)
     return {"fp32": _compare(cfg, groups, ids, doc_starts, table_opt, torch.float32, grad_check=True),
             "fp64": _compare(cfg, groups, ids, doc_starts, table_opt, torch.float64, grad_check=False)}
+
+
+def _per_row_step(model, groups, ids, doc_starts, opts, update: bool) -> float:
+    """Mean over the global batch of per-row losses (micro-batches of one row), identical for any world
+    size; optionally one optimizer step."""
+    rows = ids.chunk(groups.dp)[groups.dp_rank]
+    starts = doc_starts.chunk(groups.dp)[groups.dp_rank]
+    for o in opts:
+        o.zero_grad(set_to_none=True)
+    total = torch.zeros((), dtype=torch.float64)
+    for x, d in zip(rows.split(1), starts.split(1)):
+        loss = model(x, doc_starts=d).loss / ids.shape[0] * groups.dp
+        loss.backward()
+        total += loss.detach().double() / groups.dp
+    dist.all_reduce(total, group=groups.dp_group)
+    if update:
+        sync_gradients(model, groups)
+        for o in opts:
+            o.step()
+    return total.item()
+
+
+def reshard(rank: int, world: int, phase: str, directory: str, table_opt: str = "adamw") -> list[float]:
+    """phase "save": 2 steps, save, then next-step loss / one more step / loss. phase "load": load the
+    checkpoint saved on another world size and do the same from there."""
+    from pathlib import Path
+    from pipeline.parallel.sharded_checkpoint import load_row_shards, save_row_shards
+    cfg = model_config("tiny-olmoe-ot", [])
+    ids, doc_starts = make_batches(cfg, 4, 4, 16)
+    groups = init_process_groups(ParallelConfig(), cfg)
+    model = parallelize(seeded_model(cfg, torch.float32), groups)
+    opts = optimizers(model, table_opt)
+    oe = model.over_encoding
+    dense_path = Path(directory) / "dense.pt"
+    if phase == "save":
+        for step in range(2):
+            _per_row_step(model, groups, ids[step], doc_starts[step], opts, update=True)
+        save_row_shards(Path(directory) / "oe", oe.table, oe.sharding.bounds(), oe.sharding.global_rows,
+                        groups.oe_group, opts[1])
+        if rank == 0:
+            dense = {k: v for k, v in model.state_dict().items() if k != "over_encoding.table"}
+            torch.save({"model": dense, "optimizer": opts[0].state_dict()}, dense_path)
+        dist.barrier()
+    else:
+        saved = torch.load(dense_path, weights_only=True)
+        missing, unexpected = model.load_state_dict(saved["model"], strict=False)
+        assert missing == ["over_encoding.table"] and not unexpected, (missing, unexpected)
+        opts[0].load_state_dict(saved["optimizer"])
+        load_row_shards(Path(directory) / "oe", oe.table, oe.sharding.bounds(), oe.sharding.global_rows, opts[1])
+    next_loss = _per_row_step(model, groups, ids[2], doc_starts[2], opts, update=True)
+    after = _per_row_step(model, groups, ids[3], doc_starts[3], opts, update=False)
+    return [next_loss, after]
