@@ -6,7 +6,9 @@ The same command runs under the launchers (one process per rank):
     mpirun -np 2 python launch/train.py --config F [key=value ...]
 Overrides are dotted keys of the run config (pipeline/config/run.py), e.g. `train.max_steps=50 optim.lr=1e-3
 deepspeed.zero_stage=2 model=configs/model/olmoe_1b7b.yaml`. A run resumes from run_dir's latest checkpoint
-by default (train.resume=auto). Configuration and data problems end with a one-line error and exit code 2.
+by default (train.resume=auto). Configuration and data problems end with a one-line error and exit code 2;
+failures during training (a checkpoint that cannot be written, too many non-finite steps, a collective that
+failed or timed out because another rank died) with a one-line error and exit code 3.
 """
 from __future__ import annotations
 
@@ -30,6 +32,9 @@ from pipeline.config.base import ConfigError  # noqa: E402
 from pipeline.config.run import load_run_config  # noqa: E402
 from pipeline.data.indexed_dataset import ShardError  # noqa: E402
 from pipeline.data.loader import DataMismatchError  # noqa: E402
+from pipeline.train.bad_steps import TrainingDivergedError  # noqa: E402
+from pipeline.train.checkpoint import CheckpointWriteError  # noqa: E402
+from pipeline.train.checkpoint_safety import UnsafeCheckpointError  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -67,16 +72,26 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.train.setup import build_trainer
 
         trainer = build_trainer(cfg)
-    except (ConfigError, ShardError, DataMismatchError, FileNotFoundError) as e:
+    except (ConfigError, ShardError, DataMismatchError, FileNotFoundError, UnsafeCheckpointError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
-    if trainer.step >= trainer.stop_step and trainer.dist.rank == 0:
-        print(f"{cfg.run_dir} is already at step {trainer.step}: nothing to train", flush=True)
-    trainer.fit()
-    if trainer.dist.rank == 0:
-        print(final_summary(Path(cfg.run_dir)), flush=True)
     import torch.distributed as dist
 
+    if trainer.step >= trainer.stop_step and trainer.dist.rank == 0:
+        print(f"{cfg.run_dir} is already at step {trainer.step}: nothing to train", flush=True)
+    try:
+        trainer.fit()
+    except (CheckpointWriteError, TrainingDivergedError) as e:
+        print(f"error: rank {trainer.dist.rank}: {e}", file=sys.stderr, flush=True)
+        return 3
+    except dist.DistError as e:  # a peer died, or a collective ran past deepspeed.timeout_s
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: rank {trainer.dist.rank}: a collective failed at step {trainer.step} (another rank died, "
+              f"hangs, or the network failed; limit deepspeed.timeout_s={cfg.deepspeed.timeout_s:g}): {first}",
+              file=sys.stderr, flush=True)
+        return 3
+    if trainer.dist.rank == 0:
+        print(final_summary(Path(cfg.run_dir)), flush=True)
     dist.barrier()
     dist.destroy_process_group()
     return 0

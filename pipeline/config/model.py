@@ -96,6 +96,10 @@ class OverDecodingConfig:
 
     def validate(self) -> None:
         if self.mode == "none":
+            # A depth / n / weights set without a mode would silently train no extra heads.
+            check(self.depth == 1 and self.n == 2 and self.weights is None, "over_decoding.mode",
+                  f"is none but over_decoding.depth={self.depth} / n={self.n} / weights={self.weights} are set "
+                  "(allowed: mode mtp or product with those keys, or leave them unset)")
             return
         check(self.depth >= 1, "over_decoding.depth", f"must be >= 1 (got {self.depth})")
         check(self.n >= 2, "over_decoding.n", f"must be >= 2 (got {self.n})")

@@ -23,7 +23,9 @@ class DataConfig:
     seq_len: int = 2048                 # tokens per packed training sequence
     train_split: str = "train"
     val_split: str = "val"
-    verify: Literal["size", "full"] = "size"   # "full" also checks every shard's sha256 at start
+    # "full": every shard's sha256 is checked at start (a flipped byte is caught before training reads it;
+    # costs one read of the data per rank); "size": sizes and index structure only (fast, misses bit flips)
+    verify: Literal["size", "full"] = "full"
     tokenizer_sha256: str | None = None  # expected tokenizer; a manifest built with another one is an error
 
     def validate(self) -> None:
@@ -39,6 +41,7 @@ class TrainConfig:
     seed: int = 0                       # model init and the data order
     resume: str = "auto"                # "auto" (latest in run_dir if any) | "never" | a checkpoint folder
     hard_stop_step: int | None = None   # stop (checkpointing) at this step without changing the schedule
+    max_bad_steps: int = 5              # stop after this many consecutive steps with a NaN/Inf loss (each skipped)
 
     def validate(self) -> None:
         check(self.max_steps >= 1, "train.max_steps", f"must be >= 1, got {self.max_steps}")
@@ -47,6 +50,7 @@ class TrainConfig:
               f"{self.global_batch_size} is not a multiple of train.micro_batch_size={self.micro_batch_size}")
         check(self.hard_stop_step is None or self.hard_stop_step >= 1, "train.hard_stop_step",
               f"must be >= 1, got {self.hard_stop_step}")
+        check(self.max_bad_steps >= 1, "train.max_bad_steps", f"must be >= 1, got {self.max_bad_steps}")
 
 
 @dataclass
@@ -92,6 +96,12 @@ class DeepSpeedConfig:
     precision: Literal["fp32", "bf16"] = "fp32"
     config_file: str | None = None      # a user's DeepSpeed JSON: passed through, we only fill what it omits
     backend: Literal["auto", "gloo", "nccl"] = "auto"   # auto: nccl with CUDA, else gloo
+    # A collective that does not complete within this many seconds (a rank died or hangs) ends every
+    # waiting rank with an error instead of a hang.
+    timeout_s: float = 1800.0
+
+    def validate(self) -> None:
+        check(self.timeout_s > 0, "deepspeed.timeout_s", f"must be > 0 seconds, got {self.timeout_s}")
 
 
 @dataclass

@@ -23,6 +23,7 @@ import yaml
 
 from pipeline.config.base import ConfigError
 from pipeline.config.model import ModelConfig, load_model_config
+from pipeline.train.checkpoint_safety import UnsafeCheckpointError, check_checkpoint_is_safe
 
 DS_TAG = "model"            # pipeline/train/checkpoint.py saves DeepSpeed state under this tag
 CONFIG_FILE = "config.yaml"
@@ -87,6 +88,10 @@ def read_deepspeed_weights(step_dir: Path) -> dict[str, torch.Tensor]:
     ds_dir = step_dir / DS_TAG
     if not ds_dir.is_dir():
         raise CheckpointError(f"{ds_dir}: DeepSpeed checkpoint folder missing")
+    try:  # zero_to_fp32 unpickles with weights_only=False: scan its files first
+        check_checkpoint_is_safe(ds_dir)
+    except UnsafeCheckpointError as e:
+        raise CheckpointError(str(e)) from None
     if _has_zero_partitions(ds_dir):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 

@@ -91,6 +91,12 @@ class CheckpointCallback(Callback):
     def on_step_end(self, trainer: Trainer, result: StepResult) -> None:
         c = trainer.cfg.checkpoint
         if (c.every and trainer.step % c.every == 0) or (c.save_at_end and trainer.is_last_step):
+            if trainer.bad_steps.consecutive:
+                # Never replace the last good checkpoint with one taken inside a run of non-finite steps.
+                if trainer.dist.rank == 0:
+                    print(f"checkpoint of step {trainer.step} not written: the step had a non-finite loss",
+                          flush=True)
+                return
             self.save(trainer)
 
     def save(self, trainer: Trainer) -> None:
@@ -102,6 +108,7 @@ class CheckpointCallback(Callback):
             "data": trainer.train_data.state_dict(),
             "tokens_seen": trainer.step * trainer.tokens_per_step,
             "world_size": trainer.dist.world_size,
+            "skipped_steps": trainer.bad_steps.skipped_total,
         }
         t0 = time.perf_counter()
         path = save_checkpoint(trainer.engine, trainer.cfg.run_dir, trainer.step, state, self.config_yaml,

@@ -8,8 +8,10 @@ Layout of one checkpoint:
 Every rank writes into checkpoints/.tmp_step_N; once all have finished, rank 0 renames it to step_N (an
 atomic rename, so a half-written checkpoint never carries a step_N name) and then rewrites `latest`.
 Resume reads `latest`, or, if the process died between the rename and the pointer update, the newest
-complete step_N. Our own files are JSON/YAML or weights_only tensors; only DeepSpeed's own files go through
-DeepSpeed's loader.
+complete step_N. Our own files are JSON/YAML or weights_only tensors; DeepSpeed's own files go through
+DeepSpeed's loader only after a static scan of their pickles (pipeline/train/checkpoint_safety.py).
+A failed write (disk full, read-only folder) ends on every rank with CheckpointWriteError: the partial folder
+is removed and `latest` still names the previous complete checkpoint.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline.data.atomic_io import atomic_write_bytes, fsync_dir
+from pipeline.train.checkpoint_safety import check_checkpoint_is_safe
 from pipeline.train.rng_state import capture_rng_state, restore_rng_state
 
 DS_TAG = "model"
@@ -44,6 +47,41 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, read-only folder, ...); the previous one is intact."""
+
+
+def _describe(error: BaseException, folder: Path) -> str:
+    """One line: the error, what caused it (torch.save reports a failed write as a bare iostream error) and
+    the free space left, which is what a user needs to see for a full disk."""
+    parts = []
+    for e in (error.__context__, error):
+        if e is not None:
+            text = str(e).strip().splitlines()
+            parts.append(f"{type(e).__name__}: {text[0] if text else ''}")
+    try:
+        parts.append(f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB free there")
+    except OSError:
+        pass
+    return "; ".join(parts)
+
+
+def _agree_written(error: BaseException | None, tmp: Path, step: int) -> None:
+    """Collective: if any rank failed to write its part, every rank raises (none is left waiting)."""
+    failed = torch.tensor([0.0 if error is None else 1.0])
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        if dist.get_backend() == "nccl":
+            failed = failed.cuda()
+        dist.all_reduce(failed)
+    if float(failed.item()) == 0:
+        return
+    if _rank() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)  # give the space back; `latest` was never touched
+    why = _describe(error, tmp.parent) if error is not None else "another rank failed to write its part"
+    raise CheckpointWriteError(f"{tmp.parent}: could not write the checkpoint of step {step} ({why}); "
+                               f"the previous checkpoint is intact") from error
+
+
 def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
     """(step, dir) of every complete checkpoint, oldest first."""
     found = []
@@ -61,19 +99,33 @@ def save_checkpoint(engine, run_dir: str | Path, step: int, trainer_state: dict,
     root = checkpoint_root(run_dir)
     final, tmp = root / f"step_{step}", root / f".tmp_step_{step}"
     rank = _rank()
+    error = None
     if rank == 0:
-        root.mkdir(parents=True, exist_ok=True)
-        for stale in root.glob(".tmp_step_*"):  # leftovers of a process killed mid-save
-            shutil.rmtree(stale, ignore_errors=True)
-        (tmp / "rng").mkdir(parents=True)
-    _barrier()
-    engine.save_checkpoint(str(tmp), tag=DS_TAG, client_state={}, save_latest=False)
-    torch.save(capture_rng_state(), tmp / "rng" / f"rank_{rank:05d}.pt")
-    _barrier()
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            for stale in root.glob(".tmp_step_*"):  # leftovers of a process killed mid-save
+                shutil.rmtree(stale, ignore_errors=True)
+            (tmp / "rng").mkdir(parents=True)
+        except OSError as e:
+            error = e
+    _agree_written(error, tmp, step)
+    try:
+        engine.save_checkpoint(str(tmp), tag=DS_TAG, client_state={}, save_latest=False)
+        torch.save(capture_rng_state(), tmp / "rng" / f"rank_{rank:05d}.pt")
+    except dist.DistError:
+        raise  # a collective failed: not a write problem (launch/train.py reports it)
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
+        error = e
+    _agree_written(error, tmp, step)
     if rank == 0:
-        (tmp / CONFIG_FILE).write_text(config_yaml)
-        # Written last inside the folder: its presence marks a complete checkpoint.
-        atomic_write_bytes(tmp / STATE_FILE, json.dumps(trainer_state, indent=1).encode())
+        try:
+            (tmp / CONFIG_FILE).write_text(config_yaml)
+            # Written last inside the folder: its presence marks a complete checkpoint.
+            atomic_write_bytes(tmp / STATE_FILE, json.dumps(trainer_state, indent=1).encode())
+        except OSError as e:
+            error = e
+    _agree_written(error, tmp, step)
+    if rank == 0:
         if final.exists():  # re-saving a step after a resume from an earlier checkpoint
             shutil.rmtree(final)
         tmp.rename(final)
@@ -116,6 +168,7 @@ def read_trainer_state(ckpt: Path) -> dict:
 
 def load_checkpoint(engine, ckpt: Path) -> dict:
     """Collective. Restores module, optimizer, lr scheduler and this rank's RNGs; returns the trainer state."""
+    check_checkpoint_is_safe(ckpt)  # before DeepSpeed unpickles anything from the folder
     load_path, _ = engine.load_checkpoint(str(ckpt), tag=DS_TAG, load_optimizer_states=True,
                                           load_lr_scheduler_states=True)
     if load_path is None:

@@ -8,6 +8,7 @@ import torch
 
 from pipeline.config.run import RunConfig, run_config_to_yaml
 from pipeline.data.loader import build_loaders
+from pipeline.train.bad_steps import SkippableAdamW
 from pipeline.train.callbacks import CheckpointCallback, EvalCallback, MetricsCallback
 from pipeline.train.checkpoint import load_checkpoint, resolve_resume_path
 from pipeline.train.deepspeed_config import build_deepspeed_config
@@ -24,7 +25,7 @@ def build_optimizer(model: torch.nn.Module, cfg: RunConfig, device: torch.device
     FusedAdam / cpu_adam, which JIT-compile for 1-2 minutes on a fresh machine.)"""
     o = cfg.optim
     impl = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    return torch.optim.AdamW(build_param_groups(model, o), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+    return SkippableAdamW(build_param_groups(model, o), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
                              weight_decay=o.weight_decay, **impl)
 
 
@@ -41,7 +42,7 @@ def build_engine(model: torch.nn.Module, cfg: RunConfig, world_size: int, device
 
 def build_trainer(cfg: RunConfig, dist_info: DistInfo | None = None, model_factory=None) -> Trainer:
     """`model_factory(model_cfg) -> nn.Module` defaults to pipeline.model.build_model."""
-    dist_info = dist_info or init_distributed(cfg.deepspeed.backend)
+    dist_info = dist_info or init_distributed(cfg.deepspeed.backend, cfg.deepspeed.timeout_s)
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)  # our console line replaces its INFO chatter
     seed_everything(cfg.train.seed)
     train_data, val_data, manifest = build_loaders(
@@ -52,7 +53,7 @@ def build_trainer(cfg: RunConfig, dist_info: DistInfo | None = None, model_facto
     model = model_factory(cfg.model)
     engine = build_engine(model, cfg, dist_info.world_size, dist_info.device)
 
-    start_step = 0
+    start_step, state = 0, {}
     ckpt = resolve_resume_path(cfg.train.resume, cfg.run_dir)
     if ckpt is not None:
         state = load_checkpoint(engine, ckpt)
@@ -68,8 +69,10 @@ def build_trainer(cfg: RunConfig, dist_info: DistInfo | None = None, model_facto
         writer = MetricsWriter(cfg.run_dir, cfg.log.tensorboard, resume_step=start_step if ckpt else None)
     callbacks = [EvalCallback(), MetricsCallback(writer, cfg.log.histogram_every),
                  CheckpointCallback(run_config_to_yaml(cfg))]
-    return Trainer(cfg, dist_info, engine, train_data, val_data, callbacks, start_step=start_step,
-                   flops_per_token=_flops_per_token(cfg))
+    trainer = Trainer(cfg, dist_info, engine, train_data, val_data, callbacks, start_step=start_step,
+                      flops_per_token=_flops_per_token(cfg))
+    trainer.bad_steps.skipped_total = int(state.get("skipped_steps", 0))
+    return trainer
 
 
 def _flops_per_token(cfg: RunConfig) -> int | None:

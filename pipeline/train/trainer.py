@@ -15,6 +15,7 @@ import torch.distributed as dist
 
 from pipeline.config.run import RunConfig
 from pipeline.data.loader import TrainBatches, ValBatches, to_tensors
+from pipeline.train.bad_steps import BadStepGuard, find_skippable_optimizers
 from pipeline.train.distributed import DistInfo
 from pipeline.train.step_stats import StepStats
 
@@ -48,6 +49,8 @@ class Trainer:
         self._interval_step_time = 0.0
         self._interval_steps = 0
         self._start_time = None
+        self.bad_steps = BadStepGuard(cfg.train.max_bad_steps, find_skippable_optimizers(engine),
+                                      dist_info.world_size, dist_info.device, dist_info.backend, dist_info.rank)
 
     # ---- schedule of periodic work ---------------------------------------------------------------------
     @property
@@ -72,6 +75,7 @@ class Trainer:
             result = self.train_step(collect=self.log_due())
             for cb in self.callbacks:
                 cb.on_step_end(self, result)
+            self.bad_steps.check(self.step)
         for cb in self.callbacks:
             cb.on_train_end(self)
 
@@ -82,14 +86,20 @@ class Trainer:
         stats = StepStats() if collect else None
         lrs = self._learning_rates() if collect else {}  # the lrs this step's update uses
         own_norm = None
+        skipped = False
+        self.bad_steps.start_step()
         for batch in self.train_data.next_step():
             out = engine(**to_tensors(batch, self.dist.device))
             engine.backward(out.loss)
-            if collect and self._own_grad_norm and engine.is_gradient_accumulation_boundary():
-                own_norm = self._grad_norm()
+            self.bad_steps.observe(out.loss)
+            if engine.is_gradient_accumulation_boundary():
+                skipped = self.bad_steps.decide()  # collective: every rank skips, or none
+                if collect and self._own_grad_norm:
+                    own_norm = self._grad_norm()
             engine.step()
             if stats is not None:
                 stats.add(out)
+        self.bad_steps.finish(self.step, skipped, engine.lr_scheduler)
         self._interval_step_time += time.perf_counter() - t0
         self._interval_steps += 1
         if stats is None:
@@ -102,6 +112,7 @@ class Trainer:
         scalars.update(lrs)
         scalars["tokens_seen"] = float(self.step * self.tokens_per_step)
         scalars["epoch"] = self.train_data.epoch
+        scalars["skipped_steps"] = float(self.bad_steps.skipped_total)
         return StepResult(self.step, scalars, histograms)
 
     def _grad_norm(self) -> float:
