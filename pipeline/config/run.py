@@ -15,6 +15,7 @@ import yaml
 
 from pipeline.config.base import ConfigError, check, from_dict, parse_yaml, read_yaml, to_dict, validate_tree
 from pipeline.config.model import ModelConfig
+from pipeline.config.parallel import ParallelConfig
 
 
 @dataclass
@@ -152,9 +153,13 @@ class RunConfig:
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)   # tp / ep / OE sharding (docs/parallelism.md)
 
     def validate(self) -> None:
         check(bool(self.run_dir), "run_dir", "is required")
+        # layout checks that need the world size or the model run at start-up (pipeline/train/parallel_setup.py)
+        check(not (self.parallel.ep > 1 and self.deepspeed.zero_stage == 3), "parallel.ep",
+              f"expert parallelism (ep={self.parallel.ep}) with deepspeed.zero_stage=3 is not supported; use zero_stage 0-2")
         # A decay shorter than the warm-up is allowed: such a (short) run simply never leaves the warm-up.
         if self.schedule.decay_steps is None:
             self.schedule.decay_steps = self.train.max_steps

@@ -112,7 +112,7 @@ class CheckpointCallback(Callback):
         }
         t0 = time.perf_counter()
         path = save_checkpoint(trainer.engine, trainer.cfg.run_dir, trainer.step, state, self.config_yaml,
-                               trainer.cfg.checkpoint.keep_last)
+                               trainer.cfg.checkpoint.keep_last, external=trainer.external)
         self.last_saved = trainer.step
         if trainer.dist.rank == 0:
             print(f"checkpoint {path} ({time.perf_counter() - t0:.1f} s)", flush=True)

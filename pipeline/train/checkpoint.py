@@ -2,6 +2,8 @@
 
 Layout of one checkpoint:
     step_N/model/            DeepSpeed save_checkpoint (module, optimizer / ZeRO partitions, lr scheduler)
+    step_N/external/NAME/    parameters kept outside DeepSpeed (row-sharded OE table, expert shards) with their
+                             optimizer state, one safetensors file per shard + meta.json (any world size on load)
     step_N/rng/rank_R.pt     every RNG of rank R (torch.save of tensors/ints only: loaded weights_only)
     step_N/trainer_state.json step, data-loader position, data identity, world size (plain JSON)
     step_N/config.yaml       the resolved run config
@@ -94,8 +96,9 @@ def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
 
 
 def save_checkpoint(engine, run_dir: str | Path, step: int, trainer_state: dict, config_yaml: str,
-                    keep_last: int) -> Path:
-    """Collective: every rank must call it. Returns the final checkpoint folder."""
+                    keep_last: int, external=None) -> Path:
+    """Collective: every rank must call it. Returns the final checkpoint folder. `external`: the parameters
+    kept outside DeepSpeed (pipeline/train/external_step.py), written into the same folder before the rename."""
     root = checkpoint_root(run_dir)
     final, tmp = root / f"step_{step}", root / f".tmp_step_{step}"
     rank = _rank()
@@ -111,6 +114,8 @@ def save_checkpoint(engine, run_dir: str | Path, step: int, trainer_state: dict,
     _agree_written(error, tmp, step)
     try:
         engine.save_checkpoint(str(tmp), tag=DS_TAG, client_state={}, save_latest=False)
+        if external is not None:
+            external.save(tmp)
         torch.save(capture_rng_state(), tmp / "rng" / f"rank_{rank:05d}.pt")
     except dist.DistError:
         raise  # a collective failed: not a write problem (launch/train.py reports it)

@@ -15,6 +15,7 @@ from pipeline.train.deepspeed_config import build_deepspeed_config
 from pipeline.train.distributed import DistInfo, init_distributed
 from pipeline.train.lr_schedule import WarmupDecaySchedule
 from pipeline.train.metrics_writer import MetricsWriter
+from pipeline.train.parallel_setup import ParallelRun
 from pipeline.train.param_groups import build_param_groups
 from pipeline.train.rng_state import seed_everything
 from pipeline.train.trainer import Trainer
@@ -29,14 +30,25 @@ def build_optimizer(model: torch.nn.Module, cfg: RunConfig, device: torch.device
                              weight_decay=o.weight_decay, **impl)
 
 
-def build_engine(model: torch.nn.Module, cfg: RunConfig, world_size: int, device: torch.device):
+def build_engine(model: torch.nn.Module, cfg: RunConfig, world_size: int, device: torch.device,
+                 parallel: ParallelRun | None = None):
+    """`world_size`: the data-parallel size (batch arithmetic). `parallel`: the layout (mpu for tp, clipping
+    moved out of DeepSpeed when parameters live outside the engine)."""
     import deepspeed
 
     optimizer = build_optimizer(model, cfg, device)
     schedule = WarmupDecaySchedule(optimizer, cfg.schedule)
+    ds_config = build_deepspeed_config(cfg, world_size)
+    external = parallel.external if parallel is not None else None
+    if parallel is not None:
+        ds_config = parallel.adjust_deepspeed_config(ds_config)
+    if external is not None:
+        external.hook_client_optimizer(optimizer)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
-                                           config=build_deepspeed_config(cfg, world_size),
-                                           dist_init_required=False)
+                                           config=ds_config, dist_init_required=False,
+                                           mpu=parallel.mpu if parallel is not None else None)
+    if external is not None:
+        external.attach(engine)
     return engine
 
 
@@ -45,18 +57,21 @@ def build_trainer(cfg: RunConfig, dist_info: DistInfo | None = None, model_facto
     dist_info = dist_info or init_distributed(cfg.deepspeed.backend, cfg.deepspeed.timeout_s)
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)  # our console line replaces its INFO chatter
     seed_everything(cfg.train.seed)
+    parallel = ParallelRun(cfg, dist_info)   # validates the `parallel:` layout, builds the process groups
     train_data, val_data, manifest = build_loaders(
         cfg.data, cfg.model.vocab_size, cfg.train.seed, cfg.train.global_batch_size, cfg.train.micro_batch_size,
-        cfg.eval.batches, dist_info.rank, dist_info.world_size)
+        cfg.eval.batches, parallel.dp_rank, parallel.dp_size)
     if model_factory is None:
         from pipeline.model import build_model as model_factory
-    model = model_factory(cfg.model)
-    engine = build_engine(model, cfg, dist_info.world_size, dist_info.device)
+    model = parallel.prepare_model(model_factory(cfg.model))
+    engine = build_engine(model, cfg, parallel.dp_size, dist_info.device, parallel)
 
     start_step, state = 0, {}
     ckpt = resolve_resume_path(cfg.train.resume, cfg.run_dir)
     if ckpt is not None:
         state = load_checkpoint(engine, ckpt)
+        if parallel.external is not None:
+            parallel.external.load(ckpt)
         engine.lr_scheduler.apply()
         train_data.load_state_dict(state["data"])
         start_step = int(state["step"])
@@ -71,6 +86,7 @@ def build_trainer(cfg: RunConfig, dist_info: DistInfo | None = None, model_facto
                  CheckpointCallback(run_config_to_yaml(cfg))]
     trainer = Trainer(cfg, dist_info, engine, train_data, val_data, callbacks, start_step=start_step,
                       flops_per_token=_flops_per_token(cfg))
+    trainer.external = parallel.external
     trainer.bad_steps.skipped_total = int(state.get("skipped_steps", 0))
     return trainer
 

@@ -34,6 +34,9 @@ class Callback:
 
 
 class Trainer:
+    # parameters stepped outside DeepSpeed (sharded OE table, expert shards): pipeline/train/external_step.py
+    external = None
+
     def __init__(self, cfg: RunConfig, dist_info: DistInfo, engine, train_data: TrainBatches,
                  val_data: ValBatches | None, callbacks: list[Callback], start_step: int = 0,
                  flops_per_token: int | None = None):
@@ -92,11 +95,16 @@ class Trainer:
             out = engine(**to_tensors(batch, self.dist.device))
             engine.backward(out.loss)
             self.bad_steps.observe(out.loss)
-            if engine.is_gradient_accumulation_boundary():
+            boundary = engine.is_gradient_accumulation_boundary()
+            if boundary:
                 skipped = self.bad_steps.decide()  # collective: every rank skips, or none
+                if self.external is not None:
+                    self.external.before_engine_step()  # collective: expert-dp reduction, external norm
                 if collect and self._own_grad_norm:
                     own_norm = self._grad_norm()
             engine.step()
+            if boundary and self.external is not None:
+                self.external.after_engine_step(self.step, skipped)
             if stats is not None:
                 stats.add(out)
         self.bad_steps.finish(self.step, skipped, engine.lr_scheduler)
@@ -106,10 +114,14 @@ class Trainer:
             return StepResult(self.step)
         scalars, histograms = stats.reduce(self.dist.world_size)
         grad_norm = own_norm if self._own_grad_norm else engine.get_global_grad_norm()
+        if self.external is not None:
+            grad_norm = self.external.last_grad_norm  # engine + external parameters (the clipping norm)
         if grad_norm is not None:
             scalars["grad_norm"] = float(grad_norm)
         scalars.update(self._throughput())
         scalars.update(lrs)
+        if self.external is not None:
+            scalars.update(self.external.learning_rates(self.step))
         scalars["tokens_seen"] = float(self.step * self.tokens_per_step)
         scalars["epoch"] = self.train_data.epoch
         scalars["skipped_steps"] = float(self.bad_steps.skipped_total)
