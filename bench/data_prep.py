@@ -66,10 +66,10 @@ def run_raw(tok_path: str, texts: list[str], workers: int) -> tuple[int, float, 
     return sum(r[0] for r in results), max(r[1] for r in results), sum(r[2] for r in results)
 
 
-def run_ours(inputs: Path, tok_path: str, out: Path, workers: int) -> tuple[float, float, int, int]:
+def run_ours(inputs: Path, tok_path: str, out: Path, workers: int, doc_split: str) -> tuple[float, float, int, int]:
     """Wall seconds, CPU seconds (all processes), peak RSS of the process tree and of the parent (bytes)."""
     cmd = [sys.executable, "-m", "data_prep", "shard", str(inputs), "-t", tok_path, "-o", str(out),
-           "--doc-split", "blank-lines", "--workers", str(workers), "--no-progress", "--overwrite",
+           "--doc-split", doc_split, "--workers", str(workers), "--no-progress", "--overwrite",
            "--shard-tokens", str(SHARD_TOKENS)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -100,11 +100,11 @@ def build_corpus(root: Path, scale: int) -> Path:
     return d
 
 
-def documents(folder: Path) -> list[str]:
+def documents(folder: Path, doc_split: str) -> list[str]:
     from data_prep.readers import ReadOptions, iter_nonempty, read_documents
     from data_prep.sources import expand_inputs
     from data_prep.stats import InputStats
-    opts = ReadOptions(doc_split="blank-lines")
+    opts = ReadOptions(doc_split=doc_split)
     return [t for src in expand_inputs([str(folder)]) for t in iter_nonempty(read_documents(src, opts, InputStats()))]
 
 
@@ -115,6 +115,9 @@ def main() -> None:
                     "[the OLMoE tokenizer]")
     ap.add_argument("--scales", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--repeat", type=int, default=2, help="best of this many timings [%(default)s]")
+    ap.add_argument("--doc-split", default="blank-lines", choices=["blank-lines", "none"],
+                    help="documents = paragraphs (~45 tokens: per-document costs show) or whole plays "
+                    "(~40 k tokens) [%(default)s]")
     args = ap.parse_args()
     if not CORPUS.is_dir() or not Path(args.tokenizer).is_file():
         raise SystemExit("assets missing: run `bash scripts/setup.sh` first")
@@ -124,11 +127,12 @@ def main() -> None:
         tmp = Path(tmp)
         for scale in args.scales:
             folder = build_corpus(tmp, scale)
-            texts = documents(folder)
+            texts = documents(folder, args.doc_split)
             raws = [run_raw(args.tokenizer, texts, args.workers) for _ in range(args.repeat)]
             raw_tokens = raws[0][0]
             del texts
-            ours = [run_ours(folder, args.tokenizer, tmp / f"out{scale}", args.workers) for _ in range(args.repeat)]
+            ours = [run_ours(folder, args.tokenizer, tmp / f"out{scale}", args.workers, args.doc_split)
+                    for _ in range(args.repeat)]
             m = load_manifest(tmp / f"out{scale}", verify="none")
             tokens = m.totals["all"]["tokens"] - m.totals["all"]["documents"]   # EOS are not tokenizer output
             assert tokens == raw_tokens, (tokens, raw_tokens)
@@ -139,7 +143,9 @@ def main() -> None:
             shutil.rmtree(folder)
             shutil.rmtree(tmp / f"out{scale}")
     mib = 1 << 20
-    print(f"tokenizer {args.tokenizer}, {args.workers} process(es), {os.cpu_count()} cores, best of {args.repeat}")
+    print(f"tokenizer {args.tokenizer}, {args.workers} process(es), {os.cpu_count()} cores, best of {args.repeat}, "
+          f"documents: {'paragraphs' if args.doc_split == 'blank-lines' else 'whole files'}, "
+          f"load average {os.getloadavg()[0]:.1f}")
     print(f"{'scale':>5} {'tokens':>11} {'raw tok/s':>11} {'ours tok/s':>11} {'ratio':>6} {'wall s':>7} "
           f"{'CPU s':>6} {'peak RSS tree':>14} {'parent':>8}")
     for r in rows:
