@@ -67,6 +67,9 @@ class OverEncoding(nn.Module):
         self.table._oe_table = True  # own optimizer group, row-sharded by the parallelize step
         self.register_buffer("row_offsets", torch.empty(self.num_tables, dtype=torch.long), persistent=False)
         self.proj = nn.Linear(self.num_tables * self.table_dim, d_model, bias=False)
+        # True: the table gradient is a sparse COO tensor over the looked-up rows only (no table-sized
+        # zero fill per step); needs a table optimizer that takes sparse gradients (RowSparseAdam).
+        self.sparse_grad = False
         self.output_norm = RMSNorm(d_model, norm_eps) if cfg.output_norm else None
         self.reset_parameters()
 
@@ -86,7 +89,7 @@ class OverEncoding(nn.Module):
 
     def lookup(self, global_rows: torch.Tensor) -> torch.Tensor:
         """Rows of the stacked table -> vectors [..., table_dim]. Replaced by a sharded lookup under DP."""
-        return F.embedding(global_rows, self.table)
+        return F.embedding(global_rows, self.table, sparse=self.sparse_grad)
 
     def table_ids(self, input_ids: torch.Tensor, doc_starts: torch.Tensor | None) -> torch.Tensor:
         c = self.cfg

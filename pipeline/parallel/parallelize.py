@@ -34,6 +34,7 @@ class ShardedOverEncoding(OverEncoding):
         with torch.device("meta"):   # build the module skeleton without allocating a full table
             super().__init__(dense.cfg, dense.proj.out_features, dense.vocab_size)
         self.proj, self.output_norm = dense.proj, dense.output_norm
+        self.sparse_grad = dense.sparse_grad
         self.register_buffer("row_offsets", dense.row_offsets.clone(), persistent=False)
         self.group = group
         self.sharding = RowSharding(sum(self.table_rows), dist.get_world_size(group), dist.get_rank(group))
@@ -46,7 +47,7 @@ class ShardedOverEncoding(OverEncoding):
         # every rank in the group holds a per-rank mean loss of its own (or a tp copy's) data; the owner
         # sums their row gradients, so scale by the group size to get the data-parallel mean
         return sharded_lookup(self.table, global_rows, self.sharding, self.group,
-                              grad_scale=1.0 / self.sharding.world)
+                              grad_scale=1.0 / self.sharding.world, sparse_grad=self.sparse_grad)
 
 
 def _swap(model: nn.Module, kind: type, make) -> int:

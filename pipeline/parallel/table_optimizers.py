@@ -13,6 +13,10 @@ Two choices (ParallelConfig.table_optimizer):
   touched rows only. Per-step work is proportional to the rows touched (<= tokens x tables) instead of the
   table size, at the price of different dynamics for rare n-grams (no momentum drift, no decay while
   unseen). Rows whose summed gradient is exactly zero count as untouched.
+
+  It also takes SPARSE gradients (see `use_sparse_table_grads`): the lookup then hands back only the
+  looked-up rows, so neither the backward (no table-sized zero fill) nor the step (no scan for non-zero rows)
+  touches the rest of the table. The update is identical to the dense-gradient path.
 """
 from __future__ import annotations
 
@@ -47,11 +51,10 @@ class RowSparseAdam(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
-                rows = p.grad.ne(0).any(dim=1).nonzero().squeeze(1)
+                rows, g = _touched_rows(p.grad)
                 if rows.numel() == 0:
                     continue
                 step = state["step"].item()
-                g = p.grad.index_select(0, rows)
                 m = state["exp_avg"].index_select(0, rows).lerp_(g, 1 - beta1)
                 v = state["exp_avg_sq"].index_select(0, rows).mul_(beta2).addcmul_(g, g, value=1 - beta2)
                 state["exp_avg"].index_copy_(0, rows, m)
@@ -63,6 +66,28 @@ class RowSparseAdam(torch.optim.Optimizer):
                 w.addcdiv_(m, v.sqrt().add_(eps), value=-step_size)
                 p.index_copy_(0, rows, w)
         return loss
+
+
+def _touched_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row indices, their gradient rows) of the rows with a non-zero summed gradient, in ascending order."""
+    if grad.is_sparse:
+        grad = grad.coalesce()                      # sums duplicate rows, sorts the indices
+        rows, g = grad.indices()[0], grad.values()
+        keep = g.ne(0).any(dim=1)
+        return rows[keep], g[keep]
+    rows = grad.ne(0).any(dim=1).nonzero().squeeze(1)
+    return rows, grad.index_select(0, rows)
+
+
+def use_sparse_table_grads(model: torch.nn.Module, enabled: bool = True) -> int:
+    """Make every Over-Encoding lookup of `model` (plain or row-sharded) produce sparse table gradients.
+    Only for table_optimizer row_sparse_adam: torch AdamW rejects sparse gradients. Returns the module count."""
+    count = 0
+    for module in model.modules():
+        if hasattr(module, "sparse_grad") and hasattr(module, "lookup"):
+            module.sparse_grad = enabled
+            count += 1
+    return count
 
 
 TABLE_OPTIMIZERS = ("adamw", "row_sparse_adam")
