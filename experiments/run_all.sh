@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Run every experiment for real, cheapest-to-share first (runs are cached, so a rerun resumes), then write
-# docs/results.md. ~1-2 h on 2 shared CPU cores. Usage: bash experiments/run_all.sh [logdir]
+# Run every experiment for real, seed-0 comparisons first (runs are cached, so a rerun resumes), then write
+# docs/results.md. ~1.5 h on 2 (shared) CPU cores. Usage: bash experiments/run_all.sh [logdir]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 log=${1:-runs/experiments/logs}
 mkdir -p "$log"
 export PYTHONPATH=. DS_ACCELERATOR=cpu OMP_WAIT_POLICY=PASSIVE
-for exp in table_size collision hierarchy oe_vs_baseline; do
+for exp in hierarchy collision oe_vs_baseline table_size cfg_experiment; do
   .venv/bin/python -m experiments.$exp > "$log/$exp.log" 2>&1
 done
+.venv/bin/python -m experiments.report

@@ -1,0 +1,96 @@
+"""Train one CFG model (a plain AdamW loop: the data is synthetic and in memory) and measure its generation
+accuracy: the fraction of strings sampled at temperature 1 from BOS that the cfg3f parser accepts."""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+from experiments.cfg.checker import is_valid
+from experiments.cfg.data import BOS, CFGStream
+from experiments.cfg.grammar import MAX_LEN
+from experiments.cfg.models import build, first_token_logits, losses
+
+
+def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
+    """Linear warm-up, cosine to 0.1x (the paper's GPT-2 runs use cosine)."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def val_loss(model, batches: list[torch.Tensor], seq_len: int, variant: str) -> float:
+    model.eval()
+    out = float(np.mean([losses(model, w, seq_len, variant)[1].item() for w in batches]))
+    model.train()
+    return out
+
+
+@torch.no_grad()
+def generate(model, variant: str, count: int, seed: int, batch: int = 500) -> list[list[int]]:
+    """`count` strings sampled at temperature 1 from BOS (KV cache); a string ends at the first separator.
+    Strings still running after MAX_LEN + 1 tokens are returned too long (the parser rejects them)."""
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    out: list[list[int]] = []
+    for start in range(0, count, batch):
+        b = min(batch, count - start)
+        cache = model.new_decode_cache(b, MAX_LEN + 2)
+        tokens = torch.full((b, 1), BOS, dtype=torch.long)
+        done = torch.zeros(b, dtype=torch.bool)
+        rows: list[list[int]] = [[] for _ in range(b)]
+        for _ in range(MAX_LEN + 1):
+            logp = first_token_logits(model.decode(tokens, cache)[:, -1], variant)
+            nxt = torch.multinomial(logp.exp(), 1, generator=gen).squeeze(1)
+            for i in torch.nonzero(~done & (nxt != BOS)).flatten().tolist():
+                rows[i].append(int(nxt[i]))
+            done |= nxt == BOS
+            if done.all():
+                break
+            tokens = nxt.view(-1, 1)
+        out.extend(rows)
+    model.train()
+    return out
+
+
+def train_and_evaluate(size: str, variant: str, *, steps: int, batch: int, seq_len: int, lr: float,
+                       train_strings: int, samples: int, seed: int, log=print) -> dict:
+    train = CFGStream(train_strings, seed=1000 + seed)
+    val = CFGStream(200, seed=999_999)                      # held-out strings, same for every model
+    val_batches = val.fixed_batches(4, 16, seq_len)
+    model = build(size, variant, seq_len + 8, seed)
+    # matrices decay, embeddings / norms / OE tables do not (the training system's convention)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n and "table" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n and "table" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+                            lr=lr, betas=(0.9, 0.98))
+    rng = np.random.default_rng(seed)
+    curve, t0 = [], time.time()
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, lr, max(1, steps // 10))
+        loss, _ = losses(model, train.random_batch(rng, batch, seq_len), seq_len, variant)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if (step + 1) % max(1, steps // 5) == 0 or step + 1 == steps:
+            v = val_loss(model, val_batches, seq_len, variant)
+            curve.append([step + 1, v])
+            log(f"[{size}/{variant}] step {step + 1}/{steps} train {loss.item():.4f} val(next-token) {v:.4f} "
+                f"{time.time() - t0:.0f}s")
+    train_s = time.time() - t0
+    strings = generate(model, variant, samples, seed=10_000 + seed)
+    valid = [is_valid(s) for s in strings]
+    lengths = [len(s) for s in strings]
+    return {"size": size, "variant": variant, "seed": seed, "steps": steps, "batch": batch, "seq_len": seq_len,
+            "lr": lr, "train_strings": train_strings, "tokens_seen": steps * batch * seq_len,
+            "params": sum(p.numel() for p in model.parameters()),
+            "final_val_next_token_loss": curve[-1][1], "val_curve": curve,
+            "samples": samples, "accuracy": sum(valid) / len(valid),
+            "median_sample_len": float(np.median(lengths)), "train_s": round(train_s, 1),
+            "total_s": round(time.time() - t0, 1)}

@@ -1,0 +1,58 @@
+"""Every experiment command runs end to end in --smoke mode (a few steps per run) and the report renders.
+
+All Shakespeare experiments share one results folder, so runs common to several experiments (the baseline,
+OE) train once, as in the real queue. Needs the demo shards (scripts/demo.sh)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.skipif(not (ROOT / "data/demo/shards/manifest.json").is_file(),
+                                reason="demo shards missing (bash scripts/demo.sh)")
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    return tmp_path_factory.mktemp("experiments")
+
+
+def run(module: str, out: Path, *extra: str) -> str:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DS_ACCELERATOR": "cpu", "OMP_WAIT_POLICY": "PASSIVE"}
+    proc = subprocess.run([sys.executable, "-m", f"experiments.{module}", "--smoke", "--out", str(out), *extra],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc.stdout
+
+
+@pytest.mark.parametrize("module", ["oe_vs_baseline", "hierarchy", "collision", "table_size"])
+def test_shakespeare_experiment_smoke(module, out):
+    run(module, out)
+    result = json.loads((out / f"{module}.json").read_text())
+    assert result["rows"] and (out / f"{module}.csv").is_file() and (out / "img" / f"{module}.png").is_file()
+    for record in (out / "runs").glob("*.json"):
+        rec = json.loads(record.read_text())
+        assert rec["final_val_loss"] > 0 and any(o.startswith("train.seed=") for o in rec["overrides"])
+
+
+def test_cfg_experiment_smoke(out):
+    run("cfg_experiment", out)
+    rows = json.loads((out / "cfg.json").read_text())["rows"]
+    assert {(r["size"], r["variant"]) for r in rows} == {(s, v) for s in ("small", "large")
+                                                          for v in ("1gram", "3gram_in", "3gram_out")}
+    assert all(0 <= r["accuracy"] <= 1 for r in rows)
+
+
+def test_report_renders_from_results(out, tmp_path):
+    if not (out / "cfg.json").is_file():
+        pytest.skip("needs the smoke results of the other tests")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    target = tmp_path / "results.md"
+    subprocess.run([sys.executable, "-m", "experiments.report", "--results", str(out), "--output", str(target)],
+                   cwd=ROOT, env=env, check=True, timeout=120)
+    text = target.read_text()
+    for heading in ("1. Baseline vs OE vs OT", "2. n-gram hierarchy", "3. Collision", "4. Table-size", "5. Synthetic CFG"):
+        assert heading in text
