@@ -77,7 +77,7 @@ class ExternalParams:
         self.tp_group = groups.tp_group if groups is not None and groups.tp > 1 else None
         self._ext_sq: float = 0.0
         self._coef: float | None = None
-        self._scaled_groups: set[int] = set()
+        self._scaled: set[int] = set()
         self.last_grad_norm: float | None = None
 
     # ---- wiring --------------------------------------------------------------------------------------
@@ -106,7 +106,7 @@ class ExternalParams:
             dist.all_reduce(local)
         self._ext_sq = float(local)
         self._coef = None
-        self._scaled_groups: set[int] = set()
+        self._scaled: set[int] = set()
 
     def _comm_device(self) -> torch.device:
         return self.dist.device if self.dist.backend == "nccl" else torch.device("cpu")
@@ -148,17 +148,17 @@ class ExternalParams:
         # DeepSpeed's ZeRO calls the client step once per parameter group (with param_groups narrowed to that
         # group): the coefficient is computed once per optimizer step and applied to each group's gradients.
         # The hook may also fire more than once per call: torch wraps every Optimizer subclass's step with the
-        # hook runner, so a subclass whose step calls super().step() (SkippableAdamW) runs it twice. Each group
-        # is scaled once per optimizer step.
+        # hook runner, so a subclass whose step calls super().step() (SkippableAdamW) runs it twice. ZeRO-3
+        # reuses one group dict with a different flat partition per sub-group. So each gradient tensor is
+        # scaled once per optimizer step, tracked by parameter identity (DeepSpeed's flat partitions live all run).
         coef = self.coefficient(optimizer)
         for group in optimizer.param_groups:
-            if id(group) in self._scaled_groups:
-                continue
-            self._scaled_groups.add(id(group))
-            if coef < 1.0:
-                for p in group["params"]:
-                    if p.grad is not None:
-                        p.grad.mul_(coef)
+            for p in group["params"]:
+                if p.grad is None or id(p) in self._scaled:
+                    continue
+                self._scaled.add(id(p))
+                if coef < 1.0:
+                    p.grad.mul_(coef)
 
     @torch.no_grad()
     def after_engine_step(self, step: int, skipped: bool) -> None:
