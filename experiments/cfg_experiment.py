@@ -2,7 +2,8 @@
 
     python -m experiments.cfg_experiment [--smoke] [--sizes small,large] [--steps N]
 Two model sizes x {1-gram baseline, exact 1+2+3-gram input, joint 3-gram output}; generation accuracy = the
-fraction of strings sampled at temperature 1 from BOS that the cfg3f parser accepts (1,000 per model).
+fraction of strings sampled at temperature 1 from BOS that the cfg3f parser accepts (1,000 per model), plus a
+graded score (checker.parse_depth: how many grammar levels, from the terminals up, each sample satisfies).
 Each (size, variant) result is cached in <results>/cfg_runs/, so the command resumes after an interruption.
 """
 from __future__ import annotations
@@ -46,8 +47,10 @@ def main() -> None:
                 settings["steps"] = args.steps
             path = out / "cfg_runs" / f"{size}_{variant}.json"
             rec = json.loads(path.read_text()) if path.is_file() else None
-            if rec is None or any(rec.get(k) != v for k, v in settings.items()):
-                rec = train_and_evaluate(size, variant, **settings)
+            if rec is None or "mean_parse_depth" not in rec or any(rec.get(k) != v for k, v in settings.items()):
+                samples_file = ROOT / "runs" / ("experiments-smoke" if args.smoke else "experiments") / \
+                    "cfg_samples" / f"{size}_{variant}.txt"
+                rec = train_and_evaluate(size, variant, **settings, samples_file=samples_file)
                 rec["model"] = SIZES[size]
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(rec, indent=1))
@@ -56,13 +59,14 @@ def main() -> None:
             records.append(rec)
     rows = [{"size": r["size"], "variant": r["variant"], "params": r["params"], "steps": r["steps"],
              "tokens_seen": r["tokens_seen"], "val_next_token_loss": round(r["final_val_next_token_loss"], 4),
-             "accuracy": round(r["accuracy"], 4), "samples": r["samples"],
+             "accuracy": round(r["accuracy"], 4), "mean_parse_depth": round(r["mean_parse_depth"], 3),
+             "segments_level3": round(r["depth_at_least"]["3"], 4), "samples": r["samples"],
              "median_sample_len": r["median_sample_len"]} for r in records]
     write_results(out, NAME, {"experiment": NAME, "command": "python -m experiments.cfg_experiment",
                               "paper_finding": PAPER, "rows": rows, "runs": records}, rows)
     bars(img / f"{NAME}.png", "Exp 5: cfg3f generation accuracy (T = 1)",
-         [f"{r['size']}/{r['variant']}" for r in rows], [r["accuracy"] for r in rows],
-         ylabel="generation accuracy")
+         [f"{r['size']}/{r['variant']}" for r in rows], [r["mean_parse_depth"] for r in rows],
+         ylabel="mean levels parsed (0-6; 6 = valid)")
 
 
 if __name__ == "__main__":

@@ -110,8 +110,8 @@ SECTIONS = [
      exp3),
     ("table_size", "4. Table-size sweep (n = 2, k = 1)", ["m", "table_params", "val_loss", "delta_vs_baseline"], exp4),
     ("cfg", "5. Synthetic CFG (cfg3f) generation accuracy",
-     ["size", "variant", "params", "steps", "tokens_seen", "val_next_token_loss", "accuracy", "samples",
-      "median_sample_len"], exp5),
+     ["size", "variant", "params", "steps", "tokens_seen", "val_next_token_loss", "accuracy",
+      "mean_parse_depth", "segments_level3", "samples", "median_sample_len"], exp5),
 ]
 
 

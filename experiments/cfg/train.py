@@ -8,7 +8,7 @@ import time
 import numpy as np
 import torch
 
-from experiments.cfg.checker import is_valid
+from experiments.cfg.checker import is_valid, parse_depth
 from experiments.cfg.data import BOS, CFGStream
 from experiments.cfg.grammar import MAX_LEN
 from experiments.cfg.models import build, first_token_logits, losses
@@ -58,7 +58,7 @@ def generate(model, variant: str, count: int, seed: int, batch: int = 500) -> li
 
 
 def train_and_evaluate(size: str, variant: str, *, steps: int, batch: int, seq_len: int, lr: float,
-                       train_strings: int, samples: int, seed: int, log=print) -> dict:
+                       train_strings: int, samples: int, seed: int, log=print, samples_file=None) -> dict:
     train = CFGStream(train_strings, seed=1000 + seed)
     val = CFGStream(200, seed=999_999)                      # held-out strings, same for every model
     val_batches = val.fixed_batches(4, 16, seq_len)
@@ -86,11 +86,18 @@ def train_and_evaluate(size: str, variant: str, *, steps: int, batch: int, seq_l
     train_s = time.time() - t0
     strings = generate(model, variant, samples, seed=10_000 + seed)
     valid = [is_valid(s) for s in strings]
+    depths = [parse_depth(s) for s in strings]
     lengths = [len(s) for s in strings]
+    if samples_file is not None:                              # for inspection; not committed (runs/)
+        samples_file.parent.mkdir(parents=True, exist_ok=True)
+        samples_file.write_text("\n".join("".join(map(str, s)) for s in strings) + "\n")
     return {"size": size, "variant": variant, "seed": seed, "steps": steps, "batch": batch, "seq_len": seq_len,
             "lr": lr, "train_strings": train_strings, "tokens_seen": steps * batch * seq_len,
             "params": sum(p.numel() for p in model.parameters()),
             "final_val_next_token_loss": curve[-1][1], "val_curve": curve,
             "samples": samples, "accuracy": sum(valid) / len(valid),
+            # graded validity: mean levels satisfied (0-6) and the fraction reaching each level
+            "mean_parse_depth": float(np.mean(depths)),
+            "depth_at_least": {str(k): float(np.mean([d >= k for d in depths])) for k in range(1, 7)},
             "median_sample_len": float(np.median(lengths)), "train_s": round(train_s, 1),
             "total_s": round(time.time() - t0, 1)}

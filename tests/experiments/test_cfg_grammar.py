@@ -91,3 +91,13 @@ def test_random_strings_rejected():
     for _ in range(20):
         y = [rng.choice((1, 2, 3)) for _ in range(rng.randrange(64, 300))]
         assert not is_valid(y)
+
+
+def test_parse_depth_grades_partial_validity():
+    from experiments.cfg.checker import parse_depth
+    a, b = sample_many(2, seed=4)
+    assert parse_depth(a) == 6
+    assert parse_depth(a + b) == 5                 # two roots: a sequence of level-1 symbols, not one root
+    assert parse_depth([1, 1, 1, 1]) == 1          # 9 9 (9 -> 1 1), but no level-4 rule is 9 9
+    assert parse_depth([2, 2, 2, 2]) == 0          # no level-5 rule derives a prefix of 2 2 2 2
+    assert parse_depth([]) == 0 and parse_depth([0, 1]) == 0
