@@ -84,7 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointWriteError, TrainingDivergedError) as e:
         print(f"error: rank {trainer.dist.rank}: {e}", file=sys.stderr, flush=True)
         return 3
-    except dist.DistError as e:  # a peer died, or a collective ran past deepspeed.timeout_s
+    except RuntimeError as e:  # a peer died, or a collective ran past deepspeed.timeout_s
+        from pipeline.train.distributed import is_collective_failure
+
+        if not is_collective_failure(e):
+            raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"error: rank {trainer.dist.rank}: a collective failed at step {trainer.step} (another rank died, "
               f"hangs, or the network failed; limit deepspeed.timeout_s={cfg.deepspeed.timeout_s:g}): {first}",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.distributed as dist
 
 from pipeline.config.base import ConfigError
@@ -70,16 +71,31 @@ def check_layout(layout: ParallelConfig, world: int, cfg: ModelConfig | None = N
                               "use over_decoding.mode mtp or tp 1")
 
 
-def init_process_groups(layout: ParallelConfig, cfg: ModelConfig | None = None) -> ParallelGroups:
-    """Call once after torch.distributed is initialised; every rank must call it (collective)."""
+def _world_timeout_s() -> float | None:
+    """The timeout the default group was created with (run config deepspeed.timeout_s), if readable."""
+    try:
+        device = torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
+        return dist.group.WORLD._get_backend(device).options._timeout.total_seconds()
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def init_process_groups(layout: ParallelConfig, cfg: ModelConfig | None = None,
+                        timeout_s: float | None = None) -> ParallelGroups:
+    """Call once after torch.distributed is initialised; every rank must call it (collective).
+    `timeout_s` (default: the default group's) bounds every collective on the new groups, so a rank that
+    dies or hangs ends its peers with an error instead of megatron-core's 30-minute default wait."""
     from megatron.core import parallel_state as ps  # heavy import (~6 s): only when parallelism is used
 
     world, rank = dist.get_world_size(), dist.get_rank()
     check_layout(layout, world, cfg)
     if ps.model_parallel_is_initialized():
         ps.destroy_model_parallel()
+    timeout_s = timeout_s or _world_timeout_s()
+    # megatron-core builds timedelta(minutes=...) from this: a fraction of a minute works as well.
+    timeout_kw = {"distributed_timeout_minutes": timeout_s / 60} if timeout_s else {}
     ps.initialize_model_parallel(tensor_model_parallel_size=layout.tp, expert_model_parallel_size=layout.ep,
-                                 expert_tensor_parallel_size=1, create_gloo_process_groups=False)
+                                 expert_tensor_parallel_size=1, create_gloo_process_groups=False, **timeout_kw)
     dp_group = ps.get_data_parallel_group()
     oe_group = dp_group if layout.oe_shard_group == "dp" else dist.group.WORLD
     return ParallelGroups(

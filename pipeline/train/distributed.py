@@ -72,3 +72,16 @@ def init_distributed(backend: str = "auto", timeout_s: float | None = None) -> D
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     return DistInfo(rank=torch.distributed.get_rank(), world_size=torch.distributed.get_world_size(),
                     local_rank=local_rank, device=device, backend=backend)
+
+
+# How torch reports a broken collective: NCCL raises DistError subclasses; gloo raises a plain RuntimeError
+# naming its transport ("Connection reset by peer", "Timed out waiting ... for send operation").
+_COLLECTIVE_FAILURE_MARKERS = ("gloo/transport", "gloo::", "ProcessGroupGloo", "ProcessGroupNCCL", "NCCL error",
+                               "Connection reset by peer", "Connection closed by peer")
+
+
+def is_collective_failure(error: BaseException) -> bool:
+    """A collective failed because a peer died, hangs or the network broke (not a bug in this rank)."""
+    if isinstance(error, torch.distributed.DistError):
+        return True
+    return isinstance(error, RuntimeError) and any(m in str(error) for m in _COLLECTIVE_FAILURE_MARKERS)

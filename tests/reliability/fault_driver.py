@@ -4,6 +4,7 @@ Run it exactly like launch/train.py (plain python, torchrun, or one process per 
   FAULT_RANK=r                       only rank r injects (default: every rank)
   FAULT_KILL_AT=step:micro           SIGKILL this process when micro-batch `micro` (1-based) of training
                                      step `step` is about to run: the step's earlier micro-batches are done
+  FAULT_STOP_AT=step:micro           SIGSTOP this process there instead (alive but hung: peers must time out)
   FAULT_KILL_IN_SAVE=when            SIGKILL during the Nth checkpoint save (FAULT_SAVE_INDEX, default 2):
                                      "ds_saved" right after DeepSpeed wrote its files (no state file yet),
                                      "renamed" after the rename to step_N, before `latest` is rewritten
@@ -16,6 +17,7 @@ Run it exactly like launch/train.py (plain python, torchrun, or one process per 
 """
 from __future__ import annotations
 
+import faulthandler
 import hashlib
 import os
 import resource
@@ -33,6 +35,7 @@ import pipeline.model  # noqa: E402
 import pipeline.train.checkpoint as checkpoint  # noqa: E402
 import pipeline.train.trainer as trainer_mod  # noqa: E402
 
+faulthandler.register(signal.SIGUSR1)  # a test can ask any rank where it is stuck
 RANK = int(os.environ.get("RANK", "0"))
 ACTIVE = os.environ.get("FAULT_RANK") in (None, "", str(RANK))
 STATE = {"step": 0, "micro": 0, "in_train": False, "saves": 0}
@@ -53,6 +56,7 @@ def _die() -> None:
 
 
 KILL_AT = tuple(int(x) for x in os.environ["FAULT_KILL_AT"].split(":")) if os.environ.get("FAULT_KILL_AT") else None
+STOP_AT = tuple(int(x) for x in os.environ["FAULT_STOP_AT"].split(":")) if os.environ.get("FAULT_STOP_AT") else None
 NAN_STEPS = _steps(os.environ.get("FAULT_NAN_LOSS_STEPS", ""))
 NAN_WEIGHT_AT = int(os.environ.get("FAULT_NAN_WEIGHT_AT", "0"))
 DIGEST = os.environ.get("FAULT_DIGEST")
@@ -86,6 +90,8 @@ def to_tensors(batch, device):
         STATE["micro"] += 1
         if ACTIVE and KILL_AT == (STATE["step"], STATE["micro"]):
             _die()
+        if ACTIVE and STOP_AT == (STATE["step"], STATE["micro"]):
+            os.kill(os.getpid(), signal.SIGSTOP)
     return _to_tensors(batch, device)
 
 
