@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Optional
 
 import yaml
 
@@ -135,10 +135,22 @@ class EvalConfig:
     every: int = 500                    # steps between validation passes; 0: never (except at_end)
     batches: int = 20                   # micro-batches per rank per validation pass
     at_end: bool = True
+    # In-loop zero-shot evaluation (pipeline/eval): every N steps and at the end when N > 0; 0 = off.
+    downstream_every: int = 0
+    downstream_tasks: list[str] = field(default_factory=lambda: ["mmlu_var", "hellaswag", "arc_challenge",
+                                                                 "arc_easy", "piqa"])
+    downstream_limit: Optional[int] = 200    # questions per task (spread evenly over the split); null = all
 
     def validate(self) -> None:
         check(self.every >= 0, "eval.every", f"must be >= 0, got {self.every}")
         check(self.batches >= 1, "eval.batches", f"must be >= 1, got {self.batches}")
+        check(self.downstream_every >= 0, "eval.downstream_every", f"must be >= 0, got {self.downstream_every}")
+        check(self.downstream_limit is None or self.downstream_limit >= 1, "eval.downstream_limit",
+              f"must be >= 1 or null, got {self.downstream_limit}")
+        if self.downstream_every:
+            from pipeline.eval.tasks import TASKS
+            for t in self.downstream_tasks:
+                check(t in TASKS, "eval.downstream_tasks", f"unknown task {t!r} (allowed: {', '.join(sorted(TASKS))})")
 
 
 @dataclass
@@ -157,6 +169,9 @@ class RunConfig:
 
     def validate(self) -> None:
         check(bool(self.run_dir), "run_dir", "is required")
+        check(not (self.eval.downstream_every and self.parallel.tp > 1), "eval.downstream_every",
+              "in-loop zero-shot eval needs parallel.tp = 1 (the head is vocab-parallel); export the checkpoint "
+              "and run launch/eval.py instead")
         # layout checks that need the world size or the model run at start-up (pipeline/train/parallel_setup.py)
         check(not (self.parallel.ep > 1 and self.deepspeed.zero_stage == 3), "parallel.ep",
               f"expert parallelism (ep={self.parallel.ep}) with deepspeed.zero_stage=3 is not supported; use zero_stage 0-2")

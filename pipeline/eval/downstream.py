@@ -10,12 +10,12 @@ from pipeline.eval.tasks import DOWNSTREAM_TASKS, load_task, primary_normalisati
 
 
 def evaluate_tasks(model, tokenizer, tasks: list[str], limit: int | None = None, batch_tokens: int = 8192,
-                   assets_root=None, keep_items: bool = False) -> dict:
+                   assets_root=None, keep_items: bool = False, split_ranks: bool = True) -> dict:
     results: dict = {"tasks": {}}
     for name in tasks:
         t0 = time.perf_counter()
         items = load_task(name, limit, assets_root)
-        scores = score_items(model, tokenizer, items, batch_tokens)
+        scores = score_items(model, tokenizer, items, batch_tokens, split_ranks=split_ranks)
         accs = accuracy(scores)
         norm = primary_normalisation(name)
         entry = {**accs, "primary": accs[f"acc_{norm}"], "primary_normalisation": norm,

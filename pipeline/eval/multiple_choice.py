@@ -34,7 +34,8 @@ class ItemScore:
         return max(range(len(s)), key=s.__getitem__)      # first best on ties
 
 
-def score_items(model, tokenizer, items: list[MCItem], batch_tokens: int = 8192) -> list[ItemScore]:
+def score_items(model, tokenizer, items: list[MCItem], batch_tokens: int = 8192,
+                split_ranks: bool = True) -> list[ItemScore]:
     """Context and each continuation are tokenized separately (as OLMo does), then scored in one batch pass."""
     contexts = tokenizer.encode_batch([it.context for it in items])
     conts = tokenizer.encode_batch([c for it in items for c in it.continuations])
@@ -44,7 +45,7 @@ def score_items(model, tokenizer, items: list[MCItem], batch_tokens: int = 8192)
         spans.append((len(requests), n))
         requests += [(ctx, conts[k + j]) for j in range(n)]
         k += n
-    logprobs = continuation_logprobs(model, requests, batch_tokens)
+    logprobs = continuation_logprobs(model, requests, batch_tokens, split_ranks=split_ranks)
     out = []
     for it, (start, n) in zip(items, spans):
         out.append(ItemScore(it.item_id, it.label, logprobs[start:start + n],

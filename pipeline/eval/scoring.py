@@ -21,10 +21,12 @@ def _rank_world() -> tuple[int, int]:
 
 @torch.no_grad()
 def continuation_logprobs(model, requests: list[tuple[list[int], list[int]]], batch_tokens: int = 8192,
-                          max_batch: int = 64) -> list[float]:
+                          max_batch: int = 64, split_ranks: bool = True) -> list[float]:
     """Sum of log-probabilities of each request's continuation, on every rank (all ranks get all results).
 
-    batch_tokens bounds rows x padded length per forward pass."""
+    batch_tokens bounds rows x padded length per forward pass. split_ranks=False makes every rank score every
+    request in the same batches: needed when the forward itself runs collectives (sharded OE lookups, expert
+    parallelism), which must be entered by all ranks in lockstep."""
     max_len = model.cfg.max_seq_len
     device = model.lm_head.weight.device
     seqs, starts = [], []
@@ -34,7 +36,7 @@ def continuation_logprobs(model, requests: list[tuple[list[int], list[int]]], ba
         full = (list(ctx) + list(cont))[-(max_len + 1):]
         seqs.append(full)
         starts.append(len(full) - len(cont))      # index in `full` of the first continuation token
-    rank, world = _rank_world()
+    rank, world = _rank_world() if split_ranks else (0, 1)
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))[rank::world]
     local: dict[int, float] = {}
     pos = 0

@@ -82,13 +82,23 @@ def build_trainer(cfg: RunConfig, dist_info: DistInfo | None = None, model_facto
     if dist_info.rank == 0:
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
         writer = MetricsWriter(cfg.run_dir, cfg.log.tensorboard, resume_step=start_step if ckpt else None)
-    callbacks = [EvalCallback(), MetricsCallback(writer, cfg.log.histogram_every),
-                 CheckpointCallback(run_config_to_yaml(cfg))]
+    callbacks = [EvalCallback()]
+    if cfg.eval.downstream_every:
+        callbacks.append(_downstream_callback(cfg, dist_info.rank, parallel))
+    callbacks += [MetricsCallback(writer, cfg.log.histogram_every), CheckpointCallback(run_config_to_yaml(cfg))]
     trainer = Trainer(cfg, dist_info, engine, train_data, val_data, callbacks, start_step=start_step,
                       flops_per_token=_flops_per_token(cfg))
     trainer.external = parallel.external
     trainer.bad_steps.skipped_total = int(state.get("skipped_steps", 0))
     return trainer
+
+
+def _downstream_callback(cfg: RunConfig, rank: int, parallel):
+    from pipeline.export.tokenizer_ref import tokenizer_record_from_run_config
+    from pipeline.train.downstream_callback import DownstreamEvalCallback
+    record = tokenizer_record_from_run_config({"data": {"path": cfg.data.path}})
+    return DownstreamEvalCallback(cfg.eval, record, cfg.model.vocab_size, cfg.run_dir, rank,
+                                  forward_has_collectives=parallel.groups is not None)
 
 
 def _flops_per_token(cfg: RunConfig) -> int | None:
