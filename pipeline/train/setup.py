@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -12,10 +13,10 @@ from pipeline.train.bad_steps import SkippableAdamW
 from pipeline.train.callbacks import CheckpointCallback, EvalCallback, MetricsCallback
 from pipeline.train.checkpoint import load_checkpoint, resolve_resume_path
 from pipeline.train.deepspeed_config import build_deepspeed_config
-from pipeline.train.distributed import DistInfo, init_distributed
+from pipeline.train.distributed import DistInfo, init_distributed, populate_env
 from pipeline.train.lr_schedule import WarmupDecaySchedule
 from pipeline.train.metrics_writer import MetricsWriter
-from pipeline.train.parallel_setup import ParallelRun
+from pipeline.train.parallel_setup import ParallelRun, check_run_layout
 from pipeline.train.param_groups import build_param_groups
 from pipeline.train.rng_state import seed_everything
 from pipeline.train.trainer import Trainer
@@ -54,7 +55,12 @@ def build_engine(model: torch.nn.Module, cfg: RunConfig, world_size: int, device
 
 def build_trainer(cfg: RunConfig, dist_info: DistInfo | None = None, model_factory=None) -> Trainer:
     """`model_factory(model_cfg) -> nn.Module` defaults to pipeline.model.build_model."""
-    dist_info = dist_info or init_distributed(cfg.deepspeed.backend, cfg.deepspeed.timeout_s)
+    if dist_info is None:
+        # The layout is checked against the launcher's world size before any process-group work, so a bad
+        # `parallel:` section fails at once with one line instead of after a rendezvous.
+        populate_env()
+        check_run_layout(cfg, int(os.environ["WORLD_SIZE"]))
+        dist_info = init_distributed(cfg.deepspeed.backend, cfg.deepspeed.timeout_s)
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)  # our console line replaces its INFO chatter
     seed_everything(cfg.train.seed)
     parallel = ParallelRun(cfg, dist_info)   # validates the `parallel:` layout, builds the process groups

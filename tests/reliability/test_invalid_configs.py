@@ -84,6 +84,17 @@ def test_invalid_config_fails_fast_on_a_rank_whose_peers_never_come(tmp_path):
     assert proc.stderr.strip().count("\n") == 0 and "deepspeed.zero_stage" in proc.stderr
 
 
+def test_invalid_layout_fails_before_rendezvous(tmp_path):
+    """A layout that cannot fit the launcher's world size ends rank 1 of 4 at once, with no peers listening."""
+    env = rank_env(1, 4, free_port())
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, str(REPO / "launch" / "train.py"), "--config", str(TINY_RUN),
+                           f"data.path={tmp_path}", "parallel.tp=3"], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and time.monotonic() - t0 < 30, proc.stderr[-2000:]
+    assert proc.stderr.strip().count("\n") == 0 and "parallel" in proc.stderr and "tp" in proc.stderr
+
+
 MODEL = REPO / "configs" / "model" / "tiny-olmoe.yaml"   # d_model 64, 4 heads, 8 experts
 LAYOUTS = [
     (dict(tp=3), 4, [], "parallel.tp: 3 does not divide the world size 4"),
