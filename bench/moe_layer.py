@@ -2,7 +2,7 @@
 
 The dense baseline has hidden = top_k * expert_hidden, i.e. the same FLOPs per token as the k experts a
 token visits. Each variant is one forward + backward on the same input; variants are interleaved and the
-figures are medians (bench/timing.py). Parts of the MoE timed on their own:
+figures are medians of process CPU time (bench/timing.py). Parts of the MoE timed on their own:
   router    Linear + softmax + top-k (forward + backward)
   experts   the per-expert SwiGLU GEMMs on already sorted inputs (forward + backward)
   dispatch  = moe - router - experts: sort, gather, gate scaling, scatter-add, auxiliary losses.
@@ -66,14 +66,14 @@ def main() -> None:
 
     variants = {"dense": run_dense, "moe": run_moe, "router": run_router, "experts": run_experts}
     load0 = load_average()
-    times = interleaved(variants, args.reps, warmup=2)
+    _, times = interleaved(variants, args.reps, warmup=2)    # process CPU time (1 thread), see timing.py
     load1 = load_average()
     med = {k: median(v) for k, v in times.items()}
     dispatch = med["moe"] - med["router"] - med["experts"]
     print(f"P4: MoE (E={args.experts}, k={args.top_k}, H={args.hidden}) vs dense SwiGLU (hidden "
           f"{args.top_k * args.hidden}), D={args.d}, {args.tokens} tokens, fwd+bwd, threads {args.threads}, "
           f"load avg {load0:.1f} -> {load1:.1f}")
-    print(f"{'part':<10}{'median ms':>11}{'spread':>8}{'/ dense':>9}{'/ moe':>8}")
+    print(f"{'part':<10}{'CPU ms':>11}{'spread':>8}{'/ dense':>9}{'/ moe':>8}")
     for name in variants:
         print(f"{name:<10}{med[name] * 1e3:>11.2f}{spread(times[name]):>8.2f}{med[name] / med['dense']:>9.3f}"
               f"{med[name] / med['moe']:>8.3f}")

@@ -20,19 +20,24 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
-def interleaved(variants: dict[str, Callable[[], None]], reps: int, warmup: int = 1) -> dict[str, list[float]]:
+def interleaved(variants: dict[str, Callable[[], None]], reps: int, warmup: int = 1
+                ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Run every variant `warmup` times, then `reps` rounds of one call each, in the given order.
-    Returns the wall-clock seconds of every timed call per variant."""
+    Returns (wall seconds, process CPU seconds) of every timed call per variant. With one intra-op thread the
+    CPU time excludes the time this process sat descheduled behind foreign load, so it is the steadier
+    figure on a shared machine (memory-bandwidth contention still shows in both)."""
     for _ in range(warmup):
         for fn in variants.values():
             fn()
-    times: dict[str, list[float]] = {name: [] for name in variants}
+    wall: dict[str, list[float]] = {name: [] for name in variants}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(reps):
         for name, fn in variants.items():
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             fn()
-            times[name].append(time.perf_counter() - t0)
-    return times
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    return wall, cpu
 
 
 def median(xs: list[float]) -> float:
