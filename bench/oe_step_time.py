@@ -6,6 +6,7 @@ machine; the process CPU time (1 thread) is the primary figure, wall time is sho
   adamw              dense AdamW on the whole table (every row, every step; paper-faithful dynamics)
   row_sparse         RowSparseAdam on the dense gradient the plain embedding backward produces
   row_sparse+sparse  RowSparseAdam on a sparse (rows, values) gradient: the step touches only looked-up rows
+  ...+ckpt           the same with model.activation_checkpointing (off+ckpt: OE off, checkpointed)
 Settings: m = 1M, and "12.8M-scaled": m chosen so that table parameters / active backbone parameters equal
 the paper's OLMoE-1.3B + OE-12.8M ratio (13.1B / 0.26B ~ 50x), capped by --max-table-gib.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+from dataclasses import replace
 import os
 import sys
 from pathlib import Path
@@ -67,9 +69,13 @@ def run_setting(label: str, m: int, kinds: list[str], args) -> dict:
     g = torch.Generator().manual_seed(0)
     batch = torch.randint(0, base.vocab_size, (args.batch, args.seq), generator=g)
     variants = {"off": make_step(base, None, False, batch)}
-    for kind in kinds:
-        opt, _, sparse = kind.partition("+")
-        variants[kind] = make_step(on, {"adamw": "adamw", "row_sparse": "row_sparse_adam"}[opt], bool(sparse), batch)
+    for kind in kinds:          # "<table optimizer>[+sparse][+ckpt]"; "off+ckpt" = OE off, checkpointed
+        opt, *flags = kind.split("+")
+        model_cfg = on
+        if "ckpt" in flags:
+            model_cfg = replace(base if opt == "off" else on, activation_checkpointing=True)
+        table_opt = {"off": None, "adamw": "adamw", "row_sparse": "row_sparse_adam"}[opt]
+        variants[kind] = make_step(model_cfg, table_opt, "sparse" in flags, batch)
     oe = on.over_encoding
     variants["ids_only"] = lambda: ngram_table_ids(batch, on.vocab_size, oe.n, oe.k, oe.m)
     load0 = load_average()

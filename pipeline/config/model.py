@@ -138,6 +138,9 @@ class ModelConfig:
     init_std: float = 0.02          # N(0, std) truncated at 3 std
     max_seq_len: int = 4096
     doc_mask: bool = True           # attention stays inside documents when doc_starts is given
+    # Recompute each trunk block in the backward instead of keeping its activations (training only):
+    # saves activation memory for ~1/3 more block compute; see docs/performance.md.
+    activation_checkpointing: bool = False
     over_encoding: OverEncodingConfig = field(default_factory=OverEncodingConfig)
     over_decoding: OverDecodingConfig = field(default_factory=OverDecodingConfig)
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from pipeline.config.model import ModelConfig
 from pipeline.model.attention import document_attention_mask
@@ -102,8 +103,12 @@ class OLMoE(nn.Module):
         mask = document_attention_mask(doc_starts) if self.cfg.doc_mask else None
         rope = self.rope(input_ids.shape[1], emb.device, emb.dtype)
         h, router = emb, []
+        recompute = self.cfg.activation_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.layers:
-            h, stats = layer(h, rope, mask)
+            if recompute:   # non-reentrant: any outputs (RouterStats), routing is recomputed identically
+                h, stats = checkpoint(layer, h, rope, mask, use_reentrant=False)
+            else:
+                h, stats = layer(h, rope, mask)
             router.append(stats)
         return h, emb, oe_ids, router, rope, mask
 
