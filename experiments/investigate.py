@@ -2,7 +2,8 @@
 
     python -m experiments.investigate [--smoke] [--only a,b]
 Variants of the main OE model (n = 3, k = 1, m = 65,537): 5x table lr (DeepSeek Engram), RMSNorm on the
-n-gram sum and a sqrt(D) output scale (LongCat). Compared with the seed-0 baseline and OE of experiment 1.
+n-gram sum and a sqrt(D) output scale (LongCat), and baseline vs OE trained 3x longer. Seed 0, compared with the
+seed-0 run of the same length (paired: same init seed and data order).
 """
 from __future__ import annotations
 
@@ -13,23 +14,25 @@ from pathlib import Path
 from experiments.train_runs import RESULTS, ROOT, run_variant
 from experiments.variants import OE, VARIANTS
 
+LONG = ["train.max_steps=360"]                # 3x the tokens of experiments 1-4 (same warm-up, cosine to 360)
+# name -> (label, overrides, name of its reference baseline run)
 FOLLOW_UPS = {
-    "oe_lr5": ("OE, tables at 5x lr", VARIANTS["oe"] + ["optim.oe_lr_multiplier=5"]),
-    "oe_norm": ("OE, RMSNorm on n-gram sum", VARIANTS["oe"] + [f"{OE}.output_norm=true"]),
-    "oe_scale": ("OE, n-gram sum x sqrt(D)", VARIANTS["oe"] + [f"{OE}.output_scale=11.3"]),
+    "oe_lr5": ("OE, tables at 5x lr", VARIANTS["oe"] + ["optim.oe_lr_multiplier=5"], "baseline"),
+    "oe_norm": ("OE, RMSNorm on n-gram sum", VARIANTS["oe"] + [f"{OE}.output_norm=true"], "baseline"),
+    "oe_scale": ("OE, n-gram sum x sqrt(D)", VARIANTS["oe"] + [f"{OE}.output_scale=11.3"], "baseline"),
+    "baseline_long": ("baseline, 3x steps", VARIANTS["baseline"] + LONG, None),
+    "oe_long": ("OE, 3x steps", VARIANTS["oe"] + LONG, "baseline_long"),
 }
 
 
 def render(d: dict) -> list[str]:
     """Markdown section for docs/results.md (called by experiments.report)."""
-    lines = ["## Investigation: OE knobs from other implementations (seed 0)", "",
-             f"Command: `{d['command']}`", "", "| variant | val_loss | delta_vs_baseline |", "|---|---|---|"]
-    lines += [f"| {r['label']} | {r['val_loss']:.4f} | {r['delta_vs_baseline']:+.4f} |" for r in d["rows"]]
-    best = min(d["rows"][2:], key=lambda r: r["val_loss"]) if len(d["rows"]) > 2 else None
-    if best is not None:
-        lines += ["", f"Best follow-up: {best['label']} ({best['delta_vs_baseline']:+.4f} vs baseline, "
-                  f"{best['val_loss'] - d['rows'][1]['val_loss']:+.4f} vs plain OE)."]
-    return lines + [""]
+    lines = ["## Investigation: training length and OE knobs from other implementations (seed 0)", "",
+             f"Command: `{d['command']}`", "",
+             "| variant | steps | val_loss | reference | delta vs reference |", "|---|---|---|---|---|"]
+    lines += [f"| {r['label']} | {r['steps']} | {r['val_loss']:.4f} | {r['reference']} | "
+              + (f"{r['delta']:+.4f}" if r["delta"] is not None else "") + " |" for r in d["rows"]]
+    return lines + ["", "Deltas are paired (same seed and data order as the reference run).", ""]
 
 
 def main() -> None:
@@ -39,20 +42,24 @@ def main() -> None:
     p.add_argument("--only", default=",".join(FOLLOW_UPS))
     args = p.parse_args()
     out = args.out or (ROOT / "runs/experiments-smoke/results" if args.smoke else RESULTS)
-    base = run_variant("baseline", VARIANTS["baseline"], 0, out, args.smoke)
-    rows = [{"label": "baseline", "val_loss": base["final_val_loss"], "delta_vs_baseline": 0.0}]
-    plain = run_variant("oe", VARIANTS["oe"], 0, out, args.smoke)
-    rows.append({"label": "OE (plain)", "val_loss": plain["final_val_loss"],
-                 "delta_vs_baseline": plain["final_val_loss"] - base["final_val_loss"]})
+    recs = {"baseline": run_variant("baseline", VARIANTS["baseline"], 0, out, args.smoke),
+            "oe": run_variant("oe", VARIANTS["oe"], 0, out, args.smoke)}
+    labels = {"baseline": ("baseline", None), "oe": ("OE (plain)", "baseline")}
     for name in args.only.split(","):
-        label, overrides = FOLLOW_UPS[name]
-        rec = run_variant(name, overrides, 0, out, args.smoke)
-        rows.append({"label": label, "val_loss": rec["final_val_loss"],
-                     "delta_vs_baseline": rec["final_val_loss"] - base["final_val_loss"]})
-        print(f"{label}: {rec['final_val_loss']:.4f}", flush=True)
+        label, overrides, ref = FOLLOW_UPS[name]
+        recs[name] = run_variant(name, overrides, 0, out, args.smoke)
+        labels[name] = (label, ref)
+        print(f"{label}: {recs[name]['final_val_loss']:.4f}", flush=True)
+    rows = []
+    for name, (label, ref) in labels.items():
+        loss = recs[name]["final_val_loss"]
+        rows.append({"variant": name, "label": label, "steps": recs[name]["steps"], "val_loss": loss,
+                     "reference": ref or "", "delta": (loss - recs[ref]["final_val_loss"]) if ref in recs else None})
+    out.mkdir(parents=True, exist_ok=True)
     (out / "investigation.json").write_text(json.dumps(
         {"command": "python -m experiments.investigate", "seeds": [0], "rows": rows,
-         "overrides": {k: v[1] for k, v in FOLLOW_UPS.items()}}, indent=1))
+         "overrides": {k: v[1] for k, v in FOLLOW_UPS.items()},
+         "curves": {k: r["val_curve"] for k, r in recs.items()}}, indent=1))
 
 
 if __name__ == "__main__":

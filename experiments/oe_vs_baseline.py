@@ -24,11 +24,15 @@ def main() -> None:
         mean, std = mean_std([r["final_val_loss"] for r in recs])
         rows.append({"variant": v, "label": LABELS[v], "seeds": len(recs), "val_loss_mean": round(mean, 4),
                      "val_loss_std": round(std, 4), "delta_vs_baseline": None,
+                     "paired_delta_mean": None, "paired_delta_std": None,
                      "total_params": recs[0]["params"].get("total"),
                      "forward_flops_per_token": recs[0]["forward_flops_per_token"]})
     base = rows[0]["val_loss_mean"]
-    for row in rows:
+    for row, recs in zip(rows, runs.values()):
         row["delta_vs_baseline"] = round(row["val_loss_mean"] - base, 4)
+        # paired by seed (same init seed and data order as the baseline): removes most of the seed noise
+        paired = [r["final_val_loss"] - b["final_val_loss"] for r, b in zip(recs, runs["baseline"])]
+        row["paired_delta_mean"], row["paired_delta_std"] = (round(x, 4) for x in mean_std(paired))
     write_results(args.out, NAME, {
         "experiment": NAME, "command": "python -m experiments.oe_vs_baseline", "seeds": seeds, "rows": rows,
         "runs": {v: [{k: r[k] for k in ("seed", "overrides", "steps", "tokens", "final_val_loss", "val_curve",
@@ -38,7 +42,7 @@ def main() -> None:
            {LABELS[v]: [r["val_curve"] for r in recs] for v, recs in runs.items()})
     for row in rows:
         print(f"{row['label']:>22}: {row['val_loss_mean']:.4f} ± {row['val_loss_std']:.4f} "
-              f"({row['delta_vs_baseline']:+.4f})")
+              f"(paired {row['paired_delta_mean']:+.4f} ± {row['paired_delta_std']:.4f})")
 
 
 if __name__ == "__main__":

@@ -41,14 +41,20 @@ def direction(delta: float, tol: float = 0.0) -> str:
 
 def exp1(d: dict) -> str:
     rows = {r["variant"]: r for r in d["rows"]}
-    oe, ot, base = rows["oe"], rows["ot"], rows["baseline"]
-    noise = max(r["val_loss_std"] for r in d["rows"])
-    verdict = ("reproduces the paper's direction (OE 2.554 → 2.472 on OLMoE-1.3B, OT 2.481)"
-               if oe["delta_vs_baseline"] < -noise else
-               "does not reproduce the paper's gain (OE 2.554 → 2.472 on OLMoE-1.3B) beyond seed noise")
-    return (f"OE ends {abs(oe['delta_vs_baseline']):.4f} {direction(oe['delta_vs_baseline'])} than the baseline "
-            f"and OT {abs(ot['delta_vs_baseline']):.4f} {direction(ot['delta_vs_baseline'])} (largest seed std "
-            f"{noise:.4f}); this {verdict}. The paper also reports that MTP alone does not help small models.")
+    oe, ot = rows["oe"], rows["ot"]
+
+    def paired(r):
+        sig = r["paired_delta_std"] / max(1, r["seeds"]) ** 0.5          # standard error of the paired mean
+        return (f"{r['paired_delta_mean']:+.4f} ± {r['paired_delta_std']:.4f} (seed-paired, "
+                + ("beyond" if abs(r["paired_delta_mean"]) > 2 * sig else "within") + " 2 standard errors)")
+    se = oe["paired_delta_std"] / max(1, oe["seeds"]) ** 0.5
+    verdict = ("reproduces the paper's OE gain (OLMoE-1.3B: 2.554 → 2.472) beyond seed noise"
+               if oe["paired_delta_mean"] < -2 * se else
+               "points in the direction of the paper's OE gain (2.554 → 2.472) but is not significant over seeds"
+               if oe["paired_delta_mean"] < 0 else "does not reproduce the paper's OE gain (2.554 → 2.472)")
+    return (f"OE vs baseline: {paired(oe)}; OT vs baseline: {paired(ot)}. At this scale OE {verdict}. "
+            "The paper reports OT 2.481 (with MTP-DS alone at 2.555, no better than the baseline): MTP only pays off "
+            "for large or long-trained models, so a small or negative OT-minus-OE difference here is expected.")
 
 
 def exp2(d: dict) -> str:
@@ -102,8 +108,8 @@ def exp5(d: dict) -> str:
 
 SECTIONS = [
     ("oe_vs_baseline", "1. Baseline vs OE vs OT (equal steps, equal dense compute)",
-     ["label", "seeds", "val_loss_mean", "val_loss_std", "delta_vs_baseline", "total_params",
-      "forward_flops_per_token"], exp1),
+     ["label", "seeds", "val_loss_mean", "val_loss_std", "delta_vs_baseline", "paired_delta_mean",
+      "paired_delta_std", "total_params", "forward_flops_per_token"], exp1),
     ("hierarchy", "2. n-gram hierarchy ablation (paper Table 3)",
      ["label", "val_loss", "delta_vs_baseline", "paper_loss", "paper_delta"], exp2),
     ("collision", "3. Collision ablation: m a multiple of V (paper Table 4)", ["label", "val_loss", "delta_vs_baseline"],
@@ -113,6 +119,24 @@ SECTIONS = [
      ["size", "variant", "params", "steps", "tokens_seen", "val_next_token_loss", "accuracy",
       "mean_parse_depth", "segments_level3", "samples", "median_sample_len"], exp5),
 ]
+
+
+def caveats(results: Path) -> list[str]:
+    """Limits of the evidence, with the noise level taken from experiment 1's seeds."""
+    lines = ["## Caveats", ""]
+    path = results / "oe_vs_baseline.json"
+    if path.is_file():
+        base = next(r for r in json.loads(path.read_text())["rows"] if r["variant"] == "baseline")
+        lines.append(f"- Seed noise: the baseline's final validation loss varies with std {base['val_loss_std']:.4f} "
+                     "over seeds (init and data order). Experiments 2-4 are single-seed (seed 0, the same data order "
+                     "for every variant), so only differences well above that are meaningful; experiment 1 also "
+                     "reports seed-paired differences, which cancel most of the data-order noise.")
+    lines += ["- Training is ~10^5 tokens per run, six orders of magnitude below the paper's 50B-500B; the "
+              "paper's OE gains grow with training, so small or noisy effects here are not evidence against them.",
+              "- CFG: at this budget no model generates fully valid cfg3f strings, so the graded signals (held-out "
+              "next-token loss, grammar levels satisfied) carry the comparison; the paper trains 20M strings x 10 epochs.",
+              ""]
+    return lines
 
 
 def render(results: Path, img_rel: str) -> str:
@@ -139,6 +163,7 @@ def render(results: Path, img_rel: str) -> str:
         notes = results / f"{name}_notes.md"
         if notes.is_file():
             out += [notes.read_text().strip(), ""]
+    out += caveats(results)
     extra = results / "investigation.json"
     if extra.is_file():
         from experiments.investigate import render as render_investigation

@@ -46,6 +46,12 @@ def test_cfg_experiment_smoke(out):
     assert all(0 <= r["accuracy"] <= 1 for r in rows)
 
 
+def test_investigate_smoke(out):
+    run("investigate", out, "--only", "oe_lr5")
+    rows = json.loads((out / "investigation.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["baseline", "oe", "oe_lr5"] and rows[2]["delta"] is not None
+
+
 def test_report_renders_from_results(out, tmp_path):
     if not (out / "cfg.json").is_file():
         pytest.skip("needs the smoke results of the other tests")
@@ -54,5 +60,6 @@ def test_report_renders_from_results(out, tmp_path):
     subprocess.run([sys.executable, "-m", "experiments.report", "--results", str(out), "--output", str(target)],
                    cwd=ROOT, env=env, check=True, timeout=120)
     text = target.read_text()
-    for heading in ("1. Baseline vs OE vs OT", "2. n-gram hierarchy", "3. Collision", "4. Table-size", "5. Synthetic CFG"):
+    for heading in ("1. Baseline vs OE vs OT", "2. n-gram hierarchy", "3. Collision", "4. Table-size", "5. Synthetic CFG",
+                    "Investigation"):
         assert heading in text
