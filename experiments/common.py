@@ -39,3 +39,32 @@ def write_results(out: Path, name: str, payload: dict, rows: list[dict]) -> Path
             w.writeheader()
             w.writerows(rows)
     return path
+
+
+ABLATION_SEEDS = [0, 1]   # experiments 2-4: two seeds (budget); every variant shares each seed's data order
+
+
+def seed_runs(name: str, overrides: list[str], seeds: list[int], out: Path, smoke: bool) -> dict:
+    """Train/reuse `name` at every seed -> {"mean": ..., "per_seed": {seed: loss}, "records": [...]}."""
+    from experiments.train_runs import run_variant
+
+    recs = [run_variant(name, overrides, s, out, smoke) for s in seeds]
+    losses = [r["final_val_loss"] for r in recs]
+    return {"mean": sum(losses) / len(losses), "per_seed": dict(zip(seeds, losses)), "records": recs}
+
+
+def ablation_rows(results: dict[str, dict], labels: dict[str, str]) -> list[dict]:
+    """Rows of a single-table ablation: seed-mean loss and the seed-paired difference to the baseline."""
+    base = results["baseline"]
+    rows = []
+    for v, res in results.items():
+        paired = [res["per_seed"][s] - base["per_seed"][s] for s in res["per_seed"]]
+        rows.append({"variant": v, "label": labels[v], "seeds": len(paired), "val_loss": round(res["mean"], 4),
+                     "delta_vs_baseline": round(sum(paired) / len(paired), 4),
+                     "per_seed": " / ".join(f"{x:.4f}" for x in res["per_seed"].values())})
+    return rows
+
+
+def run_summaries(results: dict) -> dict:
+    return {v: [{k: r[k] for k in ("seed", "overrides", "steps", "final_val_loss", "val_curve")}
+                for r in res["records"]] for v, res in results.items()}
