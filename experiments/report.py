@@ -88,18 +88,24 @@ def exp4(d: dict) -> str:
 
 
 def exp5(d: dict) -> str:
-    acc = {(r["size"], r["variant"]): r["accuracy"] for r in d["rows"]}
+    row = {(r["size"], r["variant"]): r for r in d["rows"]}
     parts = []
-    for size in sorted({s for s, _ in acc}):
-        base = acc.get((size, "1gram"))
+    for size in sorted({s for s, _ in row}):
+        base = row.get((size, "1gram"))
         for v, label in (("3gram_in", "3-gram input"), ("3gram_out", "3-gram output")):
-            if base is not None and (size, v) in acc:
-                parts.append(f"{size}: {label} {acc[(size, v)]:.3f} vs 1-gram {base:.3f}")
+            if base is None or (size, v) not in row:
+                continue
+            r = row[(size, v)]
+            dl = r["val_next_token_loss"] - base["val_next_token_loss"]
+            parts.append(f"{size}, {label}: accuracy {r['accuracy']:.3f} vs {base['accuracy']:.3f}, held-out "
+                         f"next-token loss {dl:+.4f} ({'better' if dl < 0 else 'worse'}), levels parsed "
+                         f"{r['mean_parse_depth']:.3f} vs {base['mean_parse_depth']:.3f}")
     scale = "; ".join(
         f"{r['size']}: D = {r['model']['d_model']}, {r['model']['n_layers']} layers, {r['params']:,} params, "
         f"{r['steps']} steps × {r['batch']} windows × {r['seq_len']} tokens from {r['train_strings']:,} strings"
         for r in d["runs"] if r["variant"] == "1gram")
-    return ("; ".join(parts) + f". Paper: {d['paper_finding']}.\n\nScaled down (paper: GPT-2 12 layers at "
+    return ("vs the 1-gram model of the same size — " + "; ".join(parts) + f". Paper: {d['paper_finding']}. "
+            "One seed per model.\n\nScaled down (paper: GPT-2 12 layers at "
             f"D = 768 / 128, 20M strings × 10 epochs, batch 512, 10,000 samples): {scale}; "
             f"{d['runs'][0]['samples']:,} samples per model at temperature 1. Vocabulary: 0 = BOS/EOS separator "
             "plus terminals 1-3; 3-gram input = OE n = 3, k = 1, m = 65 (exact: no id is reduced); 3-gram output "
