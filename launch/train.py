@@ -93,7 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: rank {trainer.dist.rank}: a collective failed at step {trainer.step} (another rank died, "
               f"hangs, or the network failed; limit deepspeed.timeout_s={cfg.deepspeed.timeout_s:g}): {first}",
               file=sys.stderr, flush=True)
-        return 3
+        # The broken process group cannot be torn down: its transport threads are still inside the failed
+        # operation, and destroying it at interpreter exit aborts the process (SIGABRT, "terminate called").
+        # Leave without running destructors so the exit code stays 3.
+        sys.stdout.flush()
+        os._exit(3)
     if trainer.dist.rank == 0:
         print(final_summary(Path(cfg.run_dir)), flush=True)
     dist.barrier()
