@@ -17,8 +17,8 @@ JOINT = 3          # the 3-gram output head predicts the next 3 tokens
 
 
 class CFGStream:
-    def __init__(self, num_strings: int, seed: int):
-        strings = sample_many(num_strings, seed)
+    def __init__(self, num_strings: int, seed: int, root_level: int = 0):
+        strings = sample_many(num_strings, seed, root_level)
         parts = []
         for s in strings:
             parts.append(BOS)

@@ -40,10 +40,17 @@ def span_bounds(level: int) -> tuple[int, int]:
     return 2 ** (DEPTH - level), 3 ** (DEPTH - level)
 
 
-def sample(rng: random.Random) -> list[int]:
-    """One string: expand level by level, each symbol by a uniformly chosen rule."""
-    seq = [ROOT]
-    for _ in range(DEPTH):
+def length_bounds(root_level: int = 0) -> tuple[int, int]:
+    """Shortest and longest string of the grammar rooted at `root_level` (0 = cfg3f itself)."""
+    return span_bounds(root_level)
+
+
+def sample(rng: random.Random, root_level: int = 0) -> list[int]:
+    """One string: expand level by level, each symbol by a uniformly chosen rule. root_level > 0 samples the
+    bottom 6 - root_level levels of cfg3f (the start symbol drawn uniformly from LEVELS[root_level]): the CPU
+    scale-down of the CFG experiment keeps the rules and shortens the derivations."""
+    seq = [ROOT] if root_level == 0 else [rng.choice(LEVELS[root_level])]
+    for _ in range(DEPTH - root_level):
         out: list[int] = []
         for sym in seq:
             out.extend(rng.choice(RULES[sym]))
@@ -51,6 +58,6 @@ def sample(rng: random.Random) -> list[int]:
     return seq
 
 
-def sample_many(count: int, seed: int) -> list[list[int]]:
+def sample_many(count: int, seed: int, root_level: int = 0) -> list[list[int]]:
     rng = random.Random(seed)
-    return [sample(rng) for _ in range(count)]
+    return [sample(rng, root_level) for _ in range(count)]

@@ -19,8 +19,8 @@ from pipeline.config.model import ModelConfig, OverEncodingConfig
 from pipeline.model import build_model
 
 SIZES = {   # scaled down from the paper's GPT-2 12 layers at width 768 (85M) and 128 (2.4M) to fit 2 CPU cores
-    "small": dict(d_model=32, n_layers=2, n_heads=2, dense_hidden=128),
-    "large": dict(d_model=64, n_layers=2, n_heads=2, dense_hidden=256),
+    "small": dict(d_model=32, n_layers=4, n_heads=2, dense_hidden=128),
+    "large": dict(d_model=64, n_layers=4, n_heads=2, dense_hidden=256),
 }
 VARIANTS = ["1gram", "3gram_in", "3gram_out"]
 

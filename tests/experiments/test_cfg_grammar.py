@@ -8,7 +8,7 @@ from experiments.cfg.checker import is_valid
 from experiments.cfg.grammar import LEVELS, MAX_LEN, MIN_LEN, ROOT, RULES, sample, sample_many, span_bounds
 
 
-def reference_valid(x: list[int]) -> bool:
+def reference_valid(x: list[int], root_level: int = 0) -> bool:
     """Plain top-down memoised parser, independent of the checker's banded charts. Its only pruning is
     the (provable) fact that a level-l symbol spans 2^(6-l) ... 3^(6-l) terminals."""
     n = len(x)
@@ -29,7 +29,8 @@ def reference_valid(x: list[int]) -> bool:
             return derives(rule[0], i, j)
         return any(derives(rule[0], i, k) and seq_derives(rule[1:], k, j) for k in range(i + 1, j))
 
-    return derives(ROOT, 0, n)
+    roots = (ROOT,) if root_level == 0 else LEVELS[root_level]
+    return any(derives(r, 0, n) for r in roots)
 
 
 def test_rules_go_down_one_level_with_two_or_three_children():
@@ -101,3 +102,27 @@ def test_parse_depth_grades_partial_validity():
     assert parse_depth([1, 1, 1, 1]) == 1          # 9 9 (9 -> 1 1), but no level-4 rule is 9 9
     assert parse_depth([2, 2, 2, 2]) == 0          # no level-5 rule derives a prefix of 2 2 2 2
     assert parse_depth([]) == 0 and parse_depth([0, 1]) == 0
+
+
+@pytest.mark.parametrize("root_level", [1, 2, 3])
+def test_scaled_down_grammar_agrees_with_the_reference_parser(root_level):
+    """The CPU-scale experiment's grammar (cfg3f's bottom 6 - root_level levels): samples are accepted, have the
+    right lengths and full parse depth; corruptions and strings of the full grammar get the brute-force verdict."""
+    from experiments.cfg.checker import parse_depth
+    lo, hi = span_bounds(root_level)
+    xs = sample_many(40, seed=9, root_level=root_level)
+    assert all(lo <= len(x) <= hi for x in xs) and {x[0] for x in xs} <= {1, 2, 3}
+    assert all(is_valid(x, root_level) and parse_depth(x, root_level) == 6 - root_level for x in xs)
+    rng = random.Random(root_level)
+    verdicts = []
+    for x in xs[:15]:
+        y = list(x)
+        i = rng.randrange(len(y))
+        y[i] = rng.choice([t for t in (1, 2, 3) if t != y[i]])
+        verdicts.append(is_valid(y, root_level))
+        assert verdicts[-1] == reference_valid(y, root_level)
+        assert parse_depth(y, root_level) < 6 - root_level or verdicts[-1]
+    assert sum(verdicts) <= 0.3 * len(verdicts)
+    assert not is_valid(xs[0] + xs[1], root_level) or reference_valid(xs[0] + xs[1], root_level)
+    full = sample(random.Random(1))
+    assert is_valid(full, root_level) == reference_valid(full, root_level) == False  # noqa: E712  (2-3 roots)
