@@ -54,8 +54,11 @@ def render(d: dict) -> list[str]:
                 continue
             mean, std = statistics.fmean(deltas), statistics.stdev(deltas)
             se = std / len(deltas) ** 0.5
-            verdict = ("OE better, beyond 2 standard errors" if mean < -2 * se else
-                       "OE worse, beyond 2 standard errors" if mean > 2 * se else "within 2 standard errors")
+            t_crit = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78}.get(len(deltas) - 1, 2.0)   # two-sided 5 %, df = seeds-1
+            sign = ("OE better at every seed" if max(deltas) < 0 else "OE worse at every seed" if min(deltas) > 0
+                    else "mixed signs over seeds")
+            verdict = (f"{sign}; t = {mean / se:+.2f}, a paired t-test at 5 % needs |t| > {t_crit}"
+                       if se > 0 else sign)
             parts.append(f"{mean:+.4f} ± {std:.4f} at {by[oe]['steps']} steps ({len(deltas)} seeds: "
                          + ", ".join(f"{x:+.4f}" for x in deltas) + f"; {verdict})")
         lines += ["", "Training length: OE's seed-paired delta vs the baseline of the same length is "
