@@ -186,7 +186,8 @@ def caveats(results: Path) -> list[str]:
         lines.append(f"- Seed noise: the baseline's final validation loss varies with std {base['val_loss_std']:.4f} "
                      "over seeds (init and data order). Experiments 2-4 use two seeds (each seed gives every variant "
                      "the same data order; deltas are seed-paired), so only differences well above that are meaningful.")
-    lines += ["- Training is ~10^5 tokens per run, six orders of magnitude below the paper's 50B-500B; the "
+    lines += ["- Training is ~10^5 tokens per run in experiments 1-4 (10^6 in the investigation's 10x runs), five "
+              "to six orders of magnitude below the paper's 50B-500B; the "
               "paper's OE gains grow with training, so small or noisy effects here are not evidence against them.",
               "- CFG: two seeds per model and a grammar four levels deep instead of six; the paper trains 20M strings "
               "x 10 epochs of the full grammar. Accuracy differences within 2 standard errors are not significant.",
