@@ -68,3 +68,24 @@ def ablation_rows(results: dict[str, dict], labels: dict[str, str]) -> list[dict
 def run_summaries(results: dict) -> dict:
     return {v: [{k: r[k] for k in ("seed", "overrides", "steps", "final_val_loss", "val_curve")}
                 for r in res["records"]] for v, res in results.items()}
+
+
+def run_ablation(name: str, description: str, labels: dict[str, str], title: str, extra: dict | None = None,
+                 annotate=None) -> None:
+    """The single-table ablations (experiments 2 and 3): train/reuse every variant at the ablation seeds, write
+    <name>.json/.csv (seed-paired deltas vs the baseline) and a bar chart. `annotate(rows)` may add columns."""
+    from experiments.plots import bars
+    from experiments.variants import VARIANTS
+
+    args = parse_args(description)
+    seeds = ABLATION_SEEDS[:1] if args.smoke else ABLATION_SEEDS
+    results = {v: seed_runs(v, VARIANTS[v], seeds, args.out, args.smoke) for v in labels}
+    rows = ablation_rows(results, labels)
+    if annotate is not None:
+        annotate(rows)
+    write_results(args.out, name, {"experiment": name, "command": f"python -m experiments.{name}", "seeds": seeds,
+                                   "rows": rows, **(extra or {}), "runs": run_summaries(results)}, rows)
+    bars(args.img / f"{name}.png", title.format(seeds=len(seeds)), [r["label"] for r in rows],
+         [r["val_loss"] for r in rows], baseline=results["baseline"]["mean"])
+    for row in rows:
+        print(f"{row['label']:>22}: {row['val_loss']:.4f} (paired {row['delta_vs_baseline']:+.4f})")
