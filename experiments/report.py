@@ -90,6 +90,8 @@ def exp4(d: dict) -> str:
 def exp5(d: dict) -> str:
     row = {(r["size"], r["variant"]): r for r in d["rows"]}
     parts, verdicts = [], {}
+    acc = {(r["size"], r["variant"], r["seed"]): r["accuracy"] for r in d["runs"]}
+    seeds = sorted({seed for _, _, seed in acc})
     for size in sorted({s for s, _ in row}):
         base = row.get((size, "1gram"))
         for v, label in (("3gram_in", "3-gram input"), ("3gram_out", "3-gram output")):
@@ -99,8 +101,7 @@ def exp5(d: dict) -> str:
             diff = r["accuracy"] - base["accuracy"]
             se = (r.get("accuracy_se", 0) ** 2 + base.get("accuracy_se", 0) ** 2) ** 0.5
             # significant: beyond 2 pooled binomial s.e. AND the same sign at every seed
-            seed_diffs = [float(a) - float(b) for a, b in zip(str(r.get("per_seed", r["accuracy"])).split(" / "),
-                                                              str(base.get("per_seed", base["accuracy"])).split(" / "))]
+            seed_diffs = [acc[(size, v, seed)] - acc[(size, "1gram", seed)] for seed in seeds]
             verdict = ("helps" if diff > 2 * se and min(seed_diffs) > 0 else
                        "hurts" if diff < -2 * se and max(seed_diffs) < 0 else "no significant difference")
             dl = r["val_next_token_loss"] - base["val_next_token_loss"]

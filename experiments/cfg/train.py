@@ -8,9 +8,9 @@ import time
 import numpy as np
 import torch
 
-from experiments.cfg.checker import is_valid, parse_depth
+from experiments.cfg.checker import parse_depth
 from experiments.cfg.data import BOS, CFGStream
-from experiments.cfg.grammar import MAX_LEN, span_bounds
+from experiments.cfg.grammar import DEPTH, MAX_LEN, span_bounds
 from experiments.cfg.models import build, first_token_logits, losses
 
 
@@ -58,7 +58,8 @@ def generate(model, variant: str, count: int, seed: int, batch: int = 500, max_l
 
 
 def accuracy(model, variant: str, count: int, seed: int, root_level: int) -> tuple[list[list[int]], list[int]]:
-    """(samples, parse depths); a sample is valid iff its depth is the grammar's full 6 - root_level."""
+    """(samples, parse depths); a sample is valid iff its depth is the grammar's full DEPTH - root_level
+    (tests check that this agrees with checker.is_valid)."""
     strings = generate(model, variant, count, seed, max_len=span_bounds(root_level)[1])
     return strings, [parse_depth(s, root_level) for s in strings]
 
@@ -71,7 +72,7 @@ def train_and_evaluate(size: str, variant: str, *, steps: int, batch: int, seq_l
     train = CFGStream(train_strings, seed=1000 + seed, root_level=root_level)
     val = CFGStream(400, seed=999_999, root_level=root_level)   # held-out strings, same for every model
     val_batches = val.fixed_batches(4, 16, seq_len)
-    full = 6 - root_level
+    full = DEPTH - root_level
     model = build(size, variant, seq_len + 8, seed)
     # matrices decay, embeddings / norms / OE tables do not (the training system's convention)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n and "table" not in n]
@@ -101,7 +102,6 @@ def train_and_evaluate(size: str, variant: str, *, steps: int, batch: int, seq_l
     train_s = time.time() - t0
     strings, depths = accuracy(model, variant, samples, 10_000 + seed, root_level)
     valid = [d == full for d in depths]
-    assert all(v == is_valid(s, root_level) for v, s in zip(valid[:50], strings[:50]))   # the two parsers agree
     lengths = [len(s) for s in strings]
     if samples_file is not None:                              # for inspection; not committed (runs/)
         samples_file.parent.mkdir(parents=True, exist_ok=True)
