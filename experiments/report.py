@@ -22,7 +22,7 @@ SCALE = """\
 | CFG | GPT-2 12 layers, D 768 / 128, 20M strings × 10 epochs, 10,000 samples | see experiment 5 |
 
 Validation loss is measured on the same fixed validation windows for every run (16 batches × 8 × 128 tokens).
-All runs use the project's trainer (`pipeline.train.setup.build_trainer`, fp32, ZeRO-0, one process) except
+All runs use the project's trainer (`pipeline.train.build.build_trainer`, fp32, ZeRO-0, one process) except
 the CFG models, which use a plain AdamW loop in `experiments/cfg/train.py` around the same model code.
 """
 

@@ -1,5 +1,5 @@
 """Train one variant of experiments/configs/shakespeare.yaml in-process through the project's trainer
-(pipeline.train.setup.build_trainer: the same path as launch/train.py) and keep a compact JSON record.
+(pipeline.train.build.build_trainer: the same path as launch/train.py) and keep a compact JSON record.
 
 A record is cached under <results>/runs/<name>_s<seed>.json and reused when its overrides, seed and step
 count match, so variants shared by several experiments (e.g. the baseline) train once and an interrupted
@@ -48,7 +48,7 @@ def run_variant(name: str, overrides: list[str], seed: int, out_dir: Path = RESU
 
     from pipeline.config.run import load_run_config
     from pipeline.model.flops import forward_flops_per_token, param_counts
-    from pipeline.train.setup import build_trainer
+    from pipeline.train.build import build_trainer
 
     run_dir = ROOT / "runs" / ("experiments-smoke" if smoke else "experiments") / f"{name}_s{seed}"
     metrics = run_dir / "metrics.jsonl"

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     try:
         cfg = load_run_config(args.config, args.overrides)
-        from pipeline.train.setup import build_trainer
+        from pipeline.train.build import build_trainer
 
         trainer = build_trainer(cfg)
     except (ConfigError, ShardError, DataMismatchError, FileNotFoundError, UnsafeCheckpointError) as e:

@@ -172,7 +172,7 @@ class RunConfig:
         check(not (self.eval.downstream_every and self.parallel.tp > 1), "eval.downstream_every",
               "in-loop zero-shot eval needs parallel.tp = 1 (the head is vocab-parallel); export the checkpoint "
               "and run launch/eval.py instead")
-        # layout checks that need the world size or the model run at start-up (pipeline/train/parallel_setup.py)
+        # layout checks that need the world size or the model run at start-up (pipeline/train/parallel_run.py)
         check(not (self.parallel.ep > 1 and self.deepspeed.zero_stage == 3), "parallel.ep",
               f"expert parallelism (ep={self.parallel.ep}) with deepspeed.zero_stage=3 is not supported; use zero_stage 0-2")
         # A decay shorter than the warm-up is allowed: such a (short) run simply never leaves the warm-up.

@@ -1,4 +1,4 @@
-"""Export merger for the parameters the trainer keeps outside DeepSpeed (pipeline/train/external_step.py): the
+"""Export merger for the parameters the trainer keeps outside DeepSpeed (pipeline/train/external_params.py): the
 row-sharded Over-Encoding table and expert-parallel expert shards, saved per shard under
 step_N/external/<parameter name>/ in the resharding format of pipeline/parallel/sharded_checkpoint.py.
 

@@ -98,7 +98,7 @@ def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
 def save_checkpoint(engine, run_dir: str | Path, step: int, trainer_state: dict, config_yaml: str,
                     keep_last: int, external=None) -> Path:
     """Collective: every rank must call it. Returns the final checkpoint folder. `external`: the parameters
-    kept outside DeepSpeed (pipeline/train/external_step.py), written into the same folder before the rename."""
+    kept outside DeepSpeed (pipeline/train/external_params.py), written into the same folder before the rename."""
     root = checkpoint_root(run_dir)
     final, tmp = root / f"step_{step}", root / f".tmp_step_{step}"
     rank = _rank()

@@ -34,7 +34,7 @@ class Callback:
 
 
 class Trainer:
-    # parameters stepped outside DeepSpeed (sharded OE table, expert shards): pipeline/train/external_step.py
+    # parameters stepped outside DeepSpeed (sharded OE table, expert shards): pipeline/train/external_params.py
     external = None
 
     def __init__(self, cfg: RunConfig, dist_info: DistInfo, engine, train_data: TrainBatches,

@@ -37,7 +37,7 @@ def step_losses(run_dir: str | Path) -> dict[int, float]:
 
 def train_in_process(shards, run_dir, *overrides) -> dict[int, float]:
     """Run a tiny training in this (already distributed) process; rank 0 returns {step: loss}."""
-    from pipeline.train.setup import build_trainer
+    from pipeline.train.build import build_trainer
 
     cfg = tiny_config(shards, run_dir, *overrides)
     trainer = build_trainer(cfg)

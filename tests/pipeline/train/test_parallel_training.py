@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline.config.base import ConfigError
-from pipeline.train.external_step import ExternalParams
+from pipeline.train.external_params import ExternalParams
 from tests.helpers.multirank import run_ranks
 from tests.pipeline.train.runs import make_shards, step_losses, tiny_config, train_in_process
 
@@ -39,7 +39,7 @@ def probe_input():
 
 def train_and_probe(shards, run_dir, *overrides):
     """Train like train_in_process, then the logits of probe_input() from the (distributed) model."""
-    from pipeline.train.setup import build_trainer
+    from pipeline.train.build import build_trainer
 
     trainer = build_trainer(tiny_config(shards, run_dir, *overrides))
     trainer.fit()

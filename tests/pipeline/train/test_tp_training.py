@@ -17,7 +17,7 @@ from __future__ import annotations
 import pytest
 import torch.distributed as dist
 
-from pipeline.train.parallel_setup import ParallelRun
+from pipeline.train.parallel_run import ParallelRun
 
 from tests.helpers.multirank import run_ranks
 from tests.pipeline.train.runs import make_shards, read_metrics, train_in_process

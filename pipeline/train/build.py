@@ -16,7 +16,7 @@ from pipeline.train.deepspeed_config import build_deepspeed_config
 from pipeline.train.distributed import DistInfo, init_distributed, populate_env
 from pipeline.train.lr_schedule import WarmupDecaySchedule
 from pipeline.train.metrics_writer import MetricsWriter
-from pipeline.train.parallel_setup import ParallelRun, check_run_layout
+from pipeline.train.parallel_run import ParallelRun, check_run_layout
 from pipeline.train.param_groups import build_param_groups
 from pipeline.train.rng_state import seed_everything
 from pipeline.train.trainer import Trainer

@@ -5,7 +5,7 @@ and which parameters stay OUT of the DeepSpeed engine.
     loaders use par.dp_rank / par.dp_size          # tp peers read the same data
     model = par.prepare_model(build_model(...))    # swaps modules, takes the sharded parameters out
     engine = deepspeed.initialize(..., mpu=par.mpu, config=par.adjust_deepspeed_config(ds_config))
-    par.external.attach(engine)                    # see pipeline/train/external_step.py
+    par.external.attach(engine)                    # see pipeline/train/external_params.py
 
 Why some parameters live outside the engine: DeepSpeed treats every module parameter as a data-parallel
 replica. At initialize it broadcasts each one from rank 0 and (ZeRO-0) all-reduces each gradient over the
@@ -16,10 +16,10 @@ data-parallel ranks; ZeRO-1/2/3 partition them over those ranks. That is wrong f
   expert-data-parallel group when the module is its own `deepspeed.moe.layer.MoE` (ENVIRONMENT.md), and its
   MoE checkpointing parses that class's per-expert module names (`deepspeed_moe.experts.deepspeed_experts.N`),
   which our stacked, dropless GroupedExperts do not have. So the expert shards are kept outside too, and
-  their gradients are averaged over the expert-data-parallel group by us (external_step.py) - the same
+  their gradients are averaged over the expert-data-parallel group by us (external_params.py) - the same
   rule phase 1's `sync_gradients` proved against one process.
 A detached parameter stays a plain attribute of its module (forward reads it as before) but is no longer in
-`parameters()` / `state_dict()`, so DeepSpeed never sees it; its checkpoint is written by external_step.py.
+`parameters()` / `state_dict()`, so DeepSpeed never sees it; its checkpoint is written by external_params.py.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from torch import nn
 from pipeline.config.base import ConfigError
 from pipeline.config.run import RunConfig
 from pipeline.train.distributed import DistInfo
-from pipeline.train.external_step import ExternalParam, ExternalParams
+from pipeline.train.external_params import ExternalParam, ExternalParams
 
 
 def check_run_layout(cfg: RunConfig, world: int) -> None:
@@ -151,7 +151,7 @@ class ParallelRun:
 
     def adjust_deepspeed_config(self, ds_config: dict) -> dict:
         """Clipping moves out of DeepSpeed when parameters live outside it: the clip coefficient must use the
-        global norm over engine AND external gradients (external_step.py applies it to both)."""
+        global norm over engine AND external gradients (external_params.py applies it to both)."""
         if self.external is not None:
             ds_config["gradient_clipping"] = 0.0
         return ds_config
