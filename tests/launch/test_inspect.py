@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from launch.inspect import inspect_config
+from launch.inspect_model import inspect_config
 from pipeline.config.model import load_model_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -18,7 +18,7 @@ def test_meta_counts_agree_with_analytic(name):
 
 
 def test_cli_json_and_bad_input():
-    cmd = [sys.executable, "launch/inspect.py", "--config", "configs/model/olmoe-7b-oe12.8m.yaml", "--json",
+    cmd = [sys.executable, "launch/inspect_model.py", "--config", "configs/model/olmoe-7b-oe12.8m.yaml", "--json",
            "--layout", "dp=64,ep=8"]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -26,7 +26,7 @@ def test_cli_json_and_bad_input():
     for key in ("params_total", "params_active", "params_embedding", "params_over_encoding", "flops_per_token"):
         assert isinstance(r[key], int)
     assert r["per_rank_bytes"]["oe_tables_params"] == 2 * r["params_oe_tables"] // 64
-    bad = subprocess.run([sys.executable, "launch/inspect.py", "--config", "configs/model/olmoe-7b.yaml",
+    bad = subprocess.run([sys.executable, "launch/inspect_model.py", "--config", "configs/model/olmoe-7b.yaml",
                           "-o", "over_encoding.enabled=true", "-o", "over_encoding.m=100560"],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0

@@ -1,6 +1,6 @@
 """Parameter / FLOP / memory inspector for a model config.
 
-    python launch/inspect.py --config configs/model/olmoe-7b-oe12.8m.yaml [--json] [--layout dp=32,ep=8]
+    python launch/inspect_model.py --config configs/model/olmoe-7b-oe12.8m.yaml [--json] [--layout dp=32,ep=8]
         [--param-dtype bf16] [--zero 1] [--seq-len 4096] [-o key=value ...]
 
 Builds the model on the meta device (no memory), checks the analytic counts of pipeline.model.flops
