@@ -10,6 +10,7 @@ ASSETS_ONLY=0
 for arg in "$@"; do
   case "$arg" in
     --assets-only) ASSETS_ONLY=1 ;;  # GPU clusters: keep the cluster's python/torch, fetch assets only
+                                     # (they install the repo themselves: pip install --no-deps -e .)
     *) echo "setup.sh: unknown option $arg (allowed: --assets-only)" >&2; exit 2 ;;
   esac
 done
@@ -28,12 +29,26 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libopenmpi-dev openmpi-bin >/dev/null
 fi
 
-req_hash=$(cat requirements.txt scripts/setup.sh | sha256sum | cut -c1-16)
+req_hash=$(cat requirements.txt pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$req_hash" ]; then
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip
   # torch pinned in the SAME resolution as everything else (see requirements.txt).
   "$VENV/bin/pip" install -q "torch==${TORCH_VERSION}" -r requirements.txt
+  # The repo itself, editable (pyproject.toml): scripts, tests and launcher ranks import pipeline, data_prep,
+  # launch, bench and experiments from the venv, without PYTHONPATH. --no-deps: nothing is re-resolved (the
+  # dependencies are the line above); --no-build-isolation: built with the venv's setuptools, which must do
+  # PEP 660 editable installs without the `wheel` package (>= 70.1; python 3.11's venv ships 65.5).
+  "$VENV/bin/python" - <<'PY' || "$VENV/bin/pip" install -q --upgrade "setuptools>=70.1"
+import sys
+from importlib.metadata import PackageNotFoundError, version
+try:
+    v = tuple(int(x) for x in version("setuptools").split(".")[:2])
+except (PackageNotFoundError, ValueError):
+    sys.exit(1)
+sys.exit(v < (70, 1))
+PY
+  "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e .
   echo "$req_hash" > "$STAMP"
 fi
 fi

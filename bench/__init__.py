@@ -1,0 +1,1 @@
+"""Benchmarks (run as `python bench/<name>.py ...`); bench.timing holds their shared timing helpers."""
