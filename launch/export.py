@@ -9,16 +9,11 @@ Errors (not a checkpoint, a bad config, an unexportable model, an existing --out
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]   # launch/inspect.py shadows stdlib
-sys.path.insert(0, os.path.dirname(_HERE))
-
-import argparse  # noqa: E402
-
-import torch  # noqa: E402
+import torch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -8,16 +8,11 @@ The tokenizer is the one recorded in the training data manifest, or --tokenizer 
 """
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import sys
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]   # launch/inspect.py shadows stdlib
-sys.path.insert(0, os.path.dirname(_HERE))
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
+import time
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,19 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    # this file's directory would otherwise shadow the stdlib `inspect` module
-    sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-from pipeline.config.base import ConfigError  # noqa: E402
-from pipeline.config.model import load_model_config  # noqa: E402
-from pipeline.model import build_model  # noqa: E402
-from pipeline.model.flops import (attention_flops_per_token, forward_flops_per_token,  # noqa: E402
+from pipeline.config.base import ConfigError
+from pipeline.config.model import load_model_config
+from pipeline.model import build_model
+from pipeline.model.flops import (attention_flops_per_token, forward_flops_per_token,
                                   param_counts, training_flops_per_token)
-from pipeline.model.memory import Layout, per_rank_bytes  # noqa: E402
+from pipeline.model.memory import Layout, per_rank_bytes
 
 
 def meta_counts(model) -> dict[str, int]:

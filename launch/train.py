@@ -5,36 +5,20 @@ The same command runs under the launchers (one process per rank):
     torchrun --nproc_per_node 2 launch/train.py --config F [key=value ...]
     mpirun -np 2 python launch/train.py --config F [key=value ...]
 Overrides are dotted keys of the run config (pipeline/config/run.py), e.g. `train.max_steps=50 optim.lr=1e-3
-deepspeed.zero_stage=2 model=configs/model/olmoe_1b7b.yaml`. A run resumes from run_dir's latest checkpoint
+deepspeed.zero_stage=2 model=configs/model/olmoe-7b.yaml`. A run resumes from run_dir's latest checkpoint
 by default (train.resume=auto). Configuration and data problems end with a one-line error and exit code 2;
 failures during training (a checkpoint that cannot be written, too many non-finite steps, a collective that
 failed or timed out because another rank died) with a one-line error and exit code 3.
 """
 from __future__ import annotations
 
+# Only the standard library at module level: the pipeline modules import torch, which must not load before
+# main() has set OMP_WAIT_POLICY (see there).
+import argparse
+import json
 import os
 import sys
-
-# Python puts this script's folder first on sys.path, where launch/inspect.py would shadow the standard
-# library's `inspect`; replace it with the repository root (which also makes PYTHONPATH unnecessary).
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
-sys.path.insert(0, os.path.dirname(_HERE))
-# Idle OpenMP threads sleep instead of spinning. With spinning (the default), a CPU run slows down 5x as soon
-# as another process takes one of the cores (measured on the 2-core machines); must be set before torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from pipeline.config.base import ConfigError  # noqa: E402
-from pipeline.config.run import load_run_config  # noqa: E402
-from pipeline.data.indexed_dataset import ShardError  # noqa: E402
-from pipeline.data.loader import DataMismatchError  # noqa: E402
-from pipeline.train.bad_steps import TrainingDivergedError  # noqa: E402
-from pipeline.train.checkpoint import CheckpointWriteError  # noqa: E402
-from pipeline.train.checkpoint_safety import UnsafeCheckpointError  # noqa: E402
+from pathlib import Path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,9 +48,20 @@ def final_summary(run_dir: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Idle OpenMP threads sleep instead of spinning. With spinning (the default), a CPU run slows down 5x as soon
+    # as another process takes one of the cores (measured on the 2-core machines); must be set before torch loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = parse_args(argv)
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    from pipeline.config.base import ConfigError
+    from pipeline.config.run import load_run_config
+    from pipeline.data.indexed_dataset import ShardError
+    from pipeline.data.loader import DataMismatchError
+    from pipeline.train.bad_steps import TrainingDivergedError
+    from pipeline.train.checkpoint import CheckpointWriteError
+    from pipeline.train.checkpoint_safety import UnsafeCheckpointError
+
     try:
         cfg = load_run_config(args.config, args.overrides)
         from pipeline.train.build import build_trainer

@@ -17,25 +17,17 @@ Run it exactly like launch/train.py (plain python, torchrun, or one process per 
 """
 from __future__ import annotations
 
+# Only the standard library at module level: torch (imported by install()) must not load before main() has
+# set OMP_WAIT_POLICY, as in launch/train.py.
 import faulthandler
 import hashlib
+import importlib.util
 import os
 import resource
 import signal
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-sys.path.insert(0, REPO)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import torch  # noqa: E402
-
-import pipeline.model  # noqa: E402
-import pipeline.train.checkpoint as checkpoint  # noqa: E402
-import pipeline.train.trainer as trainer_mod  # noqa: E402
-
-faulthandler.register(signal.SIGUSR1)  # a test can ask any rank where it is stuck
 RANK = int(os.environ.get("RANK", "0"))
 ACTIVE = os.environ.get("FAULT_RANK") in (None, "", str(RANK))
 STATE = {"step": 0, "micro": 0, "in_train": False, "saves": 0}
@@ -60,63 +52,6 @@ STOP_AT = tuple(int(x) for x in os.environ["FAULT_STOP_AT"].split(":")) if os.en
 NAN_STEPS = _steps(os.environ.get("FAULT_NAN_LOSS_STEPS", ""))
 NAN_WEIGHT_AT = int(os.environ.get("FAULT_NAN_WEIGHT_AT", "0"))
 DIGEST = os.environ.get("FAULT_DIGEST")
-
-_train_step = trainer_mod.Trainer.train_step
-
-
-def train_step(self, collect):
-    STATE.update(step=self.step, micro=0, in_train=True)
-    if ACTIVE and NAN_WEIGHT_AT and self.step == NAN_WEIGHT_AT:
-        with torch.no_grad():
-            next(self.engine.module.parameters()).fill_(float("nan"))
-    try:
-        result = _train_step(self, collect)
-    finally:
-        STATE["in_train"] = False
-    if DIGEST:
-        h = hashlib.sha256()
-        for p in self.engine.module.parameters():
-            h.update(p.detach().cpu().contiguous().numpy().tobytes())
-        with open(f"{DIGEST}.rank{RANK}", "a") as f:
-            f.write(f"{self.step} {h.hexdigest()}\n")
-    return result
-
-
-_to_tensors = trainer_mod.to_tensors
-
-
-def to_tensors(batch, device):
-    if STATE["in_train"]:
-        STATE["micro"] += 1
-        if ACTIVE and KILL_AT == (STATE["step"], STATE["micro"]):
-            _die()
-        if ACTIVE and STOP_AT == (STATE["step"], STATE["micro"]):
-            os.kill(os.getpid(), signal.SIGSTOP)
-    return _to_tensors(batch, device)
-
-
-trainer_mod.Trainer.train_step = train_step
-trainer_mod.to_tensors = to_tensors
-
-_build_model = pipeline.model.build_model
-
-
-def build_model(cfg):
-    model = _build_model(cfg)
-
-    def nan_loss(module, args, kwargs, output):
-        if ACTIVE and module.training and STATE["in_train"] and STATE["step"] in NAN_STEPS:
-            output.loss = output.loss * float("nan")
-            output.losses = {**output.losses, "loss": output.losses["loss"] * float("nan")}
-        return output
-
-    model.register_forward_hook(nan_loss, with_kwargs=True)
-    return model
-
-
-pipeline.model.build_model = build_model
-
-_save = checkpoint.save_checkpoint
 SAVE_INDEX = int(os.environ.get("FAULT_SAVE_INDEX", "2"))
 KILL_IN_SAVE = os.environ.get("FAULT_KILL_IN_SAVE")
 FSIZE_AT = tuple(int(x) for x in os.environ["FAULT_FSIZE_AT_SAVE"].split(":")) \
@@ -135,28 +70,92 @@ class _KillAfter:
         return out
 
 
-def save_checkpoint(engine, *args, **kwargs):
-    STATE["saves"] += 1
-    if ACTIVE and FSIZE_AT and STATE["saves"] == FSIZE_AT[0]:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (FSIZE_AT[1], FSIZE_AT[1]))
-    if ACTIVE and KILL_IN_SAVE and STATE["saves"] == SAVE_INDEX:
-        if KILL_IN_SAVE == "ds_saved":
-            engine.save_checkpoint = _KillAfter(engine.save_checkpoint)
-        elif KILL_IN_SAVE == "renamed":
-            checkpoint.fsync_dir = _KillAfter(checkpoint.fsync_dir)
-    return _save(engine, *args, **kwargs)
+def install() -> None:
+    """Patch the trainer, the model builder and the checkpoint saver with the fault hooks (imports torch)."""
+    import torch
+
+    import pipeline.model
+    import pipeline.train.checkpoint as checkpoint
+    import pipeline.train.trainer as trainer_mod
+
+    _train_step = trainer_mod.Trainer.train_step
+
+    def train_step(self, collect):
+        STATE.update(step=self.step, micro=0, in_train=True)
+        if ACTIVE and NAN_WEIGHT_AT and self.step == NAN_WEIGHT_AT:
+            with torch.no_grad():
+                next(self.engine.module.parameters()).fill_(float("nan"))
+        try:
+            result = _train_step(self, collect)
+        finally:
+            STATE["in_train"] = False
+        if DIGEST:
+            h = hashlib.sha256()
+            for p in self.engine.module.parameters():
+                h.update(p.detach().cpu().contiguous().numpy().tobytes())
+            with open(f"{DIGEST}.rank{RANK}", "a") as f:
+                f.write(f"{self.step} {h.hexdigest()}\n")
+        return result
+
+    _to_tensors = trainer_mod.to_tensors
+
+    def to_tensors(batch, device):
+        if STATE["in_train"]:
+            STATE["micro"] += 1
+            if ACTIVE and KILL_AT == (STATE["step"], STATE["micro"]):
+                _die()
+            if ACTIVE and STOP_AT == (STATE["step"], STATE["micro"]):
+                os.kill(os.getpid(), signal.SIGSTOP)
+        return _to_tensors(batch, device)
+
+    trainer_mod.Trainer.train_step = train_step
+    trainer_mod.to_tensors = to_tensors
+
+    _build_model = pipeline.model.build_model
+
+    def build_model(cfg):
+        model = _build_model(cfg)
+
+        def nan_loss(module, args, kwargs, output):
+            if ACTIVE and module.training and STATE["in_train"] and STATE["step"] in NAN_STEPS:
+                output.loss = output.loss * float("nan")
+                output.losses = {**output.losses, "loss": output.losses["loss"] * float("nan")}
+            return output
+
+        model.register_forward_hook(nan_loss, with_kwargs=True)
+        return model
+
+    pipeline.model.build_model = build_model
+
+    _save = checkpoint.save_checkpoint
+
+    def save_checkpoint(engine, *args, **kwargs):
+        STATE["saves"] += 1
+        if ACTIVE and FSIZE_AT and STATE["saves"] == FSIZE_AT[0]:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (FSIZE_AT[1], FSIZE_AT[1]))
+        if ACTIVE and KILL_IN_SAVE and STATE["saves"] == SAVE_INDEX:
+            if KILL_IN_SAVE == "ds_saved":
+                engine.save_checkpoint = _KillAfter(engine.save_checkpoint)
+            elif KILL_IN_SAVE == "renamed":
+                checkpoint.fsync_dir = _KillAfter(checkpoint.fsync_dir)
+        return _save(engine, *args, **kwargs)
+
+    checkpoint.save_checkpoint = save_checkpoint
+    import pipeline.train.callbacks as callbacks
+
+    callbacks.save_checkpoint = save_checkpoint
 
 
-checkpoint.save_checkpoint = save_checkpoint
-import pipeline.train.callbacks as callbacks  # noqa: E402
-
-callbacks.save_checkpoint = save_checkpoint
-
-if __name__ == "__main__":
-    import importlib.util
-
+def main() -> int:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    faulthandler.register(signal.SIGUSR1)  # a test can ask any rank where it is stuck
+    install()
     spec = importlib.util.spec_from_file_location("train_cli", os.path.join(REPO, "launch", "train.py"))
     train_cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train_cli)
-    sys.exit(train_cli.main())
+    return train_cli.main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
