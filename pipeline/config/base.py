@@ -1,8 +1,14 @@
 """Typed dataclass configs: YAML in, dotted overrides, strict up-front validation.
 
 Every config in the project is a dataclass tree. `load_config` reads YAML, applies `a.b.c=value`
-overrides, converts to the dataclasses with type checks, then calls each node's `validate()` (bottom-up),
-so a bad value fails with one line naming the dotted key before any process-group work starts.
+overrides, converts to the dataclasses with type checks, fills derived defaults (each node's `resolve()`),
+then checks every node (`validate()`, bottom-up), so a bad value fails with one line naming the dotted key
+before any process-group work starts.
+
+A node's `validate()` only checks (it never changes a value) and names its fields relative to itself
+(`check(cond, "max_steps", msg)`); `validate_tree` adds the section path, so the user reads
+`train.max_steps: must be >= 1, got 0`. Derived defaults belong in `resolve()`, which the loader calls
+before validation.
 """
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Callable, Literal, Union, get_args, get_origin, get_type_hints
 
 import re
 
@@ -33,7 +39,31 @@ def parse_yaml(text: str):
 
 
 class ConfigError(ValueError):
-    """A one-line, user-facing configuration error naming the offending key."""
+    """A one-line, user-facing configuration error naming the offending key.
+
+    `ConfigError.at(key, detail)` (what `check` raises) also carries the key, relative to the node that
+    raised it; `validate_tree` re-raises it under each enclosing section's name (`within`).
+    """
+
+    key: str | None = None
+    detail: str | None = None
+
+    @classmethod
+    def at(cls, key: str, detail: str) -> "ConfigError":
+        err = cls(f"{key}: {detail}")
+        err.key, err.detail = key, detail
+        return err
+
+    def within(self, section: str) -> "ConfigError":
+        """The same error with its key under `section` (itself when it carries no key or section is "")."""
+        if self.key is None or not section:
+            return self
+        return ConfigError.at(f"{section}.{self.key}", self.detail)
+
+
+# Field metadata of a nested config whose keys are named from its own root, not under the field's name
+# (`field(metadata=OWN_KEYS)`): validate_tree walks into it without adding the field name to its keys.
+OWN_KEYS = types.MappingProxyType({"config_own_keys": True})
 
 
 def _type_name(tp: Any) -> str:
@@ -130,32 +160,66 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply `a.b.c=value` overrides (value parsed as YAML) to a nested dict, in place."""
+def parse_override_value(text: str) -> Any:
+    """A command-line value, parsed like a YAML scalar (with `1e-3` read as a number); "" stays ""."""
+    return parse_yaml(text) if text != "" else ""
+
+
+def apply_overrides(data: dict, overrides: list[str],
+                    open_section: Callable[[tuple[str, ...], Any], Any] | None = None) -> dict:
+    """Apply `a.b.c=value` overrides (value parsed as YAML) to a nested dict, in place, in order.
+
+    Missing sections are created. `open_section(keys, value)`, when given, is called before an override
+    descends into an existing value that is not a mapping (`keys`: that section's path) and returns what to
+    use instead: a run config reads its `model: file.yaml` reference this way before `model.x=...`.
+    """
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.path=value")
         path, raw = item.split("=", 1)
         keys = path.strip().split(".")
         node = data
-        for k in keys[:-1]:
+        for i, k in enumerate(keys[:-1]):
+            if open_section is not None and node.get(k) is not None and not isinstance(node[k], dict):
+                node[k] = open_section(tuple(keys[: i + 1]), node[k])
             if node.get(k) is None:
                 node[k] = {}
             if not isinstance(node[k], dict):
                 raise ConfigError(f"override {path}: {k} is not a section")
             node = node[k]
-        node[keys[-1]] = parse_yaml(raw) if raw != "" else ""
+        node[keys[-1]] = parse_override_value(raw)
     return data
 
 
-def validate_tree(cfg: Any, prefix: str = "") -> None:
-    """Call validate() on every dataclass node, children first."""
+def _children(cfg: Any):
+    """(field, value) of every nested dataclass node of `cfg`, in field order."""
     for f in dataclasses.fields(cfg):
         v = getattr(cfg, f.name)
         if dataclasses.is_dataclass(v):
-            validate_tree(v, f"{prefix}{f.name}.")
-    if hasattr(cfg, "validate"):
-        cfg.validate()
+            yield f, v
+
+
+def resolve_tree(cfg: Any) -> None:
+    """Fill derived defaults: call resolve() on every dataclass node that has one, children first."""
+    for _, v in _children(cfg):
+        resolve_tree(v)
+    if hasattr(cfg, "resolve"):
+        cfg.resolve()
+
+
+def validate_tree(cfg: Any, section: str = "") -> None:
+    """Call validate() on every dataclass node, children first; keys of errors get their section path.
+
+    `section` names `cfg` itself (e.g. "parallel" to check a ParallelConfig on its own as the run's
+    `parallel:` section); "" for a root.
+    """
+    try:
+        for f, v in _children(cfg):
+            validate_tree(v, "" if f.metadata.get("config_own_keys") else f.name)
+        if hasattr(cfg, "validate"):
+            cfg.validate()
+    except ConfigError as e:
+        raise e.within(section) from None
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -187,15 +251,22 @@ def _deep_merge(dst: dict, src: dict) -> None:
 
 def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None,
                 data: dict | None = None) -> Any:
-    """YAML file (or dict) + dotted overrides -> validated dataclass tree of type `cls`."""
+    """YAML file (or dict) + dotted overrides -> resolved, validated dataclass tree of type `cls`."""
     raw = read_yaml(path) if path is not None else dict(data or {})
     apply_overrides(raw, list(overrides or []))
+    return build_config(cls, raw)
+
+
+def build_config(cls: type, raw: dict) -> Any:
+    """Mapping -> dataclass tree of type `cls`: converted (type checks), resolved, then validated."""
     cfg = from_dict(cls, raw)
+    resolve_tree(cfg)
     validate_tree(cfg)
     return cfg
 
 
 def check(cond: bool, key: str, msg: str) -> None:
-    """Validation helper: raise ConfigError('key: msg') unless cond."""
+    """Validation helper: raise ConfigError('key: msg') unless cond; `key` is relative to the node whose
+    validate() calls it (validate_tree adds the section path)."""
     if not cond:
-        raise ConfigError(f"{key}: {msg}")
+        raise ConfigError.at(key, msg)

@@ -49,16 +49,16 @@ class OverEncodingConfig:
     def validate(self) -> None:
         if not self.enabled:
             return
-        check(self.n >= 2, "over_encoding.n", f"must be >= 2 (got {self.n})")
-        check(self.k >= 1, "over_encoding.k", f"must be >= 1 (got {self.k})")
-        check(self.m >= 2, "over_encoding.m", f"must be >= 2 (got {self.m})")
-        check(self.m + 2 * (self.num_tables - 1) <= MAX_OE_MODULUS, "over_encoding.m",
+        check(self.n >= 2, "n", f"must be >= 2 (got {self.n})")
+        check(self.k >= 1, "k", f"must be >= 1 (got {self.k})")
+        check(self.m >= 2, "m", f"must be >= 2 (got {self.m})")
+        check(self.m + 2 * (self.num_tables - 1) <= MAX_OE_MODULUS, "m",
               f"{self.m} too large: moduli must stay below {MAX_OE_MODULUS} for exact int64 hashing")
-        check(self.init_std > 0, "over_encoding.init_std", f"must be > 0 (got {self.init_std})")
-        check(self.output_scale > 0, "over_encoding.output_scale", f"must be > 0 (got {self.output_scale})")
+        check(self.init_std > 0, "init_std", f"must be > 0 (got {self.init_std})")
+        check(self.output_scale > 0, "output_scale", f"must be > 0 (got {self.output_scale})")
         if self.orders is not None:
             check(len(self.orders) >= 1 and all(2 <= o <= self.n for o in self.orders)
-                  and len(set(self.orders)) == len(self.orders), "over_encoding.orders",
+                  and len(set(self.orders)) == len(self.orders), "orders",
                   f"must be distinct orders in [2, n={self.n}] (got {self.orders})")
 
     def check_against_vocab(self, vocab_size: int) -> None:
@@ -67,8 +67,9 @@ class OverEncodingConfig:
             return
         for t, mod in enumerate(self.moduli()):
             if mod % vocab_size == 0 and not self.allow_vocab_multiple:
-                raise ConfigError(f"over_encoding.m: table {t} modulus m+2t={mod} is a multiple of "
-                                  f"vocab_size={vocab_size}; n-gram ids would collapse (choose another m)")
+                # named relative to the model, whose validate() calls this
+                raise ConfigError.at("over_encoding.m", f"table {t} modulus m+2t={mod} is a multiple of "
+                                     f"vocab_size={vocab_size}; n-gram ids would collapse (choose another m)")
             g = math.gcd(mod, vocab_size)
             if mod // g < vocab_size:
                 warnings.warn(f"over_encoding.m: table {t} modulus {mod} shares factor {g} with vocab_size "
@@ -97,18 +98,18 @@ class OverDecodingConfig:
     def validate(self) -> None:
         if self.mode == "none":
             # A depth / n / weights set without a mode would silently train no extra heads.
-            check(self.depth == 1 and self.n == 2 and self.weights is None, "over_decoding.mode",
+            check(self.depth == 1 and self.n == 2 and self.weights is None, "mode",
                   f"is none but over_decoding.depth={self.depth} / n={self.n} / weights={self.weights} are set "
                   "(allowed: mode mtp or product with those keys, or leave them unset)")
             return
-        check(self.depth >= 1, "over_decoding.depth", f"must be >= 1 (got {self.depth})")
-        check(self.n >= 2, "over_decoding.n", f"must be >= 2 (got {self.n})")
-        check(self.head_dim >= 0, "over_decoding.head_dim", f"must be >= 0 (got {self.head_dim})")
-        check(self.weight >= 0, "over_decoding.weight", f"must be >= 0 (got {self.weight})")
+        check(self.depth >= 1, "depth", f"must be >= 1 (got {self.depth})")
+        check(self.n >= 2, "n", f"must be >= 2 (got {self.n})")
+        check(self.head_dim >= 0, "head_dim", f"must be >= 0 (got {self.head_dim})")
+        check(self.weight >= 0, "weight", f"must be >= 0 (got {self.weight})")
         if self.weights is not None:
-            check(len(self.weights) == self.num_terms, "over_decoding.weights",
+            check(len(self.weights) == self.num_terms, "weights",
                   f"needs {self.num_terms} values for mode {self.mode}, got {len(self.weights)}")
-            check(all(w >= 0 for w in self.weights), "over_decoding.weights", f"must be >= 0 (got {self.weights})")
+            check(all(w >= 0 for w in self.weights), "weights", f"must be >= 0 (got {self.weights})")
 
     def term_weights(self) -> list[float]:
         if self.weights is not None:

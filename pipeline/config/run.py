@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 import yaml
 
-from pipeline.config.base import ConfigError, check, from_dict, parse_yaml, read_yaml, to_dict, validate_tree
+from pipeline.config.base import OWN_KEYS, ConfigError, apply_overrides, build_config, check, read_yaml, to_dict
 from pipeline.config.model import ModelConfig
 from pipeline.config.parallel import ParallelConfig
 
@@ -30,8 +30,8 @@ class DataConfig:
     tokenizer_sha256: str | None = None  # expected tokenizer; a manifest built with another one is an error
 
     def validate(self) -> None:
-        check(bool(self.path), "data.path", "is required (the data_prep output folder with manifest.json)")
-        check(self.seq_len >= 2, "data.seq_len", f"must be >= 2, got {self.seq_len}")
+        check(bool(self.path), "path", "is required (the data_prep output folder with manifest.json)")
+        check(self.seq_len >= 2, "seq_len", f"must be >= 2, got {self.seq_len}")
 
 
 @dataclass
@@ -45,13 +45,13 @@ class TrainConfig:
     max_bad_steps: int = 5              # stop after this many consecutive steps with a NaN/Inf loss (each skipped)
 
     def validate(self) -> None:
-        check(self.max_steps >= 1, "train.max_steps", f"must be >= 1, got {self.max_steps}")
-        check(self.micro_batch_size >= 1, "train.micro_batch_size", f"must be >= 1, got {self.micro_batch_size}")
-        check(self.global_batch_size % self.micro_batch_size == 0, "train.global_batch_size",
+        check(self.max_steps >= 1, "max_steps", f"must be >= 1, got {self.max_steps}")
+        check(self.micro_batch_size >= 1, "micro_batch_size", f"must be >= 1, got {self.micro_batch_size}")
+        check(self.global_batch_size % self.micro_batch_size == 0, "global_batch_size",
               f"{self.global_batch_size} is not a multiple of train.micro_batch_size={self.micro_batch_size}")
-        check(self.hard_stop_step is None or self.hard_stop_step >= 1, "train.hard_stop_step",
+        check(self.hard_stop_step is None or self.hard_stop_step >= 1, "hard_stop_step",
               f"must be >= 1, got {self.hard_stop_step}")
-        check(self.max_bad_steps >= 1, "train.max_bad_steps", f"must be >= 1, got {self.max_bad_steps}")
+        check(self.max_bad_steps >= 1, "max_bad_steps", f"must be >= 1, got {self.max_bad_steps}")
 
 
 @dataclass
@@ -68,13 +68,13 @@ class OptimConfig:
     grad_clip: float = 1.0              # global-norm clipping; 0 disables
 
     def validate(self) -> None:
-        check(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
-        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas",
+        check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas",
               f"must be two numbers in [0, 1), got {list(self.betas)}")
-        check(self.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {self.weight_decay}")
-        check(self.oe_lr_multiplier > 0, "optim.oe_lr_multiplier", f"must be > 0, got {self.oe_lr_multiplier}")
-        check(self.oe_weight_decay >= 0, "optim.oe_weight_decay", f"must be >= 0, got {self.oe_weight_decay}")
-        check(self.grad_clip >= 0, "optim.grad_clip", f"must be >= 0, got {self.grad_clip}")
+        check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        check(self.oe_lr_multiplier > 0, "oe_lr_multiplier", f"must be > 0, got {self.oe_lr_multiplier}")
+        check(self.oe_weight_decay >= 0, "oe_weight_decay", f"must be >= 0, got {self.oe_weight_decay}")
+        check(self.grad_clip >= 0, "grad_clip", f"must be >= 0, got {self.grad_clip}")
 
 
 @dataclass
@@ -85,9 +85,9 @@ class ScheduleConfig:
     min_lr_ratio: float = 0.1           # floor as a fraction of the peak (OLMoE: 0.1)
 
     def validate(self) -> None:
-        check(self.warmup_steps >= 0, "schedule.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
-        check(0 <= self.min_lr_ratio <= 1, "schedule.min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
-        check(self.decay_steps is None or self.decay_steps >= 1, "schedule.decay_steps",
+        check(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        check(self.decay_steps is None or self.decay_steps >= 1, "decay_steps",
               f"must be >= 1, got {self.decay_steps}")
 
 
@@ -102,7 +102,7 @@ class DeepSpeedConfig:
     timeout_s: float = 1800.0
 
     def validate(self) -> None:
-        check(self.timeout_s > 0, "deepspeed.timeout_s", f"must be > 0 seconds, got {self.timeout_s}")
+        check(self.timeout_s > 0, "timeout_s", f"must be > 0 seconds, got {self.timeout_s}")
 
 
 @dataclass
@@ -113,9 +113,9 @@ class LogConfig:
     peak_flops_per_device: float | None = None  # for MFU; null: MFU is not reported
 
     def validate(self) -> None:
-        check(self.every >= 1, "log.every", f"must be >= 1, got {self.every}")
-        check(self.histogram_every >= 1, "log.histogram_every", f"must be >= 1, got {self.histogram_every}")
-        check(self.peak_flops_per_device is None or self.peak_flops_per_device > 0, "log.peak_flops_per_device",
+        check(self.every >= 1, "every", f"must be >= 1, got {self.every}")
+        check(self.histogram_every >= 1, "histogram_every", f"must be >= 1, got {self.histogram_every}")
+        check(self.peak_flops_per_device is None or self.peak_flops_per_device > 0, "peak_flops_per_device",
               f"must be > 0, got {self.peak_flops_per_device}")
 
 
@@ -126,8 +126,8 @@ class CheckpointConfig:
     save_at_end: bool = True            # also checkpoint the final (or hard-stop) step
 
     def validate(self) -> None:
-        check(self.every >= 0, "checkpoint.every", f"must be >= 0, got {self.every}")
-        check(self.keep_last >= 0, "checkpoint.keep_last", f"must be >= 0, got {self.keep_last}")
+        check(self.every >= 0, "every", f"must be >= 0, got {self.every}")
+        check(self.keep_last >= 0, "keep_last", f"must be >= 0, got {self.keep_last}")
 
 
 @dataclass
@@ -142,20 +142,21 @@ class EvalConfig:
     downstream_limit: Optional[int] = 200    # questions per task (spread evenly over the split); null = all
 
     def validate(self) -> None:
-        check(self.every >= 0, "eval.every", f"must be >= 0, got {self.every}")
-        check(self.batches >= 1, "eval.batches", f"must be >= 1, got {self.batches}")
-        check(self.downstream_every >= 0, "eval.downstream_every", f"must be >= 0, got {self.downstream_every}")
-        check(self.downstream_limit is None or self.downstream_limit >= 1, "eval.downstream_limit",
+        check(self.every >= 0, "every", f"must be >= 0, got {self.every}")
+        check(self.batches >= 1, "batches", f"must be >= 1, got {self.batches}")
+        check(self.downstream_every >= 0, "downstream_every", f"must be >= 0, got {self.downstream_every}")
+        check(self.downstream_limit is None or self.downstream_limit >= 1, "downstream_limit",
               f"must be >= 1 or null, got {self.downstream_limit}")
         if self.downstream_every:
             from pipeline.eval.tasks import TASKS
             for t in self.downstream_tasks:
-                check(t in TASKS, "eval.downstream_tasks", f"unknown task {t!r} (allowed: {', '.join(sorted(TASKS))})")
+                check(t in TASKS, "downstream_tasks", f"unknown task {t!r} (allowed: {', '.join(sorted(TASKS))})")
 
 
 @dataclass
 class RunConfig:
-    model: ModelConfig
+    # Model errors name keys as in a model YAML (`n_heads`, `over_encoding.k`), without `model.`.
+    model: ModelConfig = field(metadata=OWN_KEYS)
     run_dir: str = "runs/default"
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -165,19 +166,24 @@ class RunConfig:
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    parallel: ParallelConfig = field(default_factory=ParallelConfig)   # tp / ep / OE sharding (docs/parallelism.md)
+    # tp / ep / OE sharding (docs/parallelism.md); names its keys parallel.* itself (see ParallelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig, metadata=OWN_KEYS)
+
+    def resolve(self) -> None:
+        """Derived defaults, filled by the loader before validation (and saved with every checkpoint)."""
+        if self.schedule.decay_steps is None:
+            self.schedule.decay_steps = self.train.max_steps
 
     def validate(self) -> None:
         check(bool(self.run_dir), "run_dir", "is required")
         check(not (self.eval.downstream_every and self.parallel.tp > 1), "eval.downstream_every",
               "in-loop zero-shot eval needs parallel.tp = 1 (the head is vocab-parallel); export the checkpoint "
               "and run launch/eval.py instead")
-        # layout checks that need the world size or the model run at start-up (pipeline/train/parallel_run.py)
+        # The one EP + ZeRO-3 check (it needs no world size). Layout checks that need the world size or the
+        # model run at start-up (pipeline/train/parallel_run.py).
         check(not (self.parallel.ep > 1 and self.deepspeed.zero_stage == 3), "parallel.ep",
               f"expert parallelism (ep={self.parallel.ep}) with deepspeed.zero_stage=3 is not supported; use zero_stage 0-2")
         # A decay shorter than the warm-up is allowed: such a (short) run simply never leaves the warm-up.
-        if self.schedule.decay_steps is None:
-            self.schedule.decay_steps = self.train.max_steps
 
 
 def _load_model_ref(ref: str, base_dir: Path | None) -> dict:
@@ -188,42 +194,26 @@ def _load_model_ref(ref: str, base_dir: Path | None) -> dict:
     raise ConfigError(f"model: model config file {ref!r} not found (looked in {', '.join(map(str, candidates))})")
 
 
-def parse_override_value(text: str):
-    """A command-line value, parsed like a YAML scalar (with `1e-3` read as a number)."""
-    return parse_yaml(text) if text != "" else ""
-
-
-def _set_dotted(data: dict, path: str, value, base_dir: Path | None) -> None:
-    keys = path.strip().split(".")
-    node = data
-    for k in keys[:-1]:
-        if isinstance(node.get(k), str) and k == "model" and node is data:
-            node[k] = _load_model_ref(node[k], base_dir)
-        if node.get(k) is None:
-            node[k] = {}
-        if not isinstance(node[k], dict):
-            raise ConfigError(f"override {path}: {k} is not a section")
-        node = node[k]
-    node[keys[-1]] = value
+def _model_reference_opener(base_dir: Path | None) -> Callable[[tuple[str, ...], Any], Any]:
+    """apply_overrides hook: `model.x=...` on a `model: path.yaml` reference first reads that file."""
+    def open_section(keys: tuple[str, ...], value: Any) -> Any:
+        if keys == ("model",) and isinstance(value, str):
+            return _load_model_ref(value, base_dir)
+        return value
+    return open_section
 
 
 def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None,
                     data: dict | None = None) -> RunConfig:
-    """YAML file (or dict) + `a.b=value` overrides -> validated RunConfig (model references resolved)."""
+    """YAML file (or dict) + `a.b=value` overrides -> resolved, validated RunConfig (model references read)."""
     raw = read_yaml(path) if path is not None else dict(data or {})
     base_dir = Path(path).parent if path is not None else None
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key.path=value")
-        key, text = item.split("=", 1)
-        _set_dotted(raw, key, parse_override_value(text), base_dir)
+    apply_overrides(raw, list(overrides or []), open_section=_model_reference_opener(base_dir))
     if isinstance(raw.get("model"), str):
         raw["model"] = _load_model_ref(raw["model"], base_dir)
     if "model" not in raw:
         raise ConfigError("model: is required (a mapping or the path of a configs/model/*.yaml file)")
-    cfg = from_dict(RunConfig, raw)
-    validate_tree(cfg)
-    return cfg
+    return build_config(RunConfig, raw)
 
 
 def run_config_to_yaml(cfg: RunConfig) -> str:
