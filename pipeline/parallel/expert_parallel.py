@@ -11,8 +11,9 @@ its expert.
 The auxiliary losses and counts are computed on the rank's own tokens over all E experts, exactly what the
 single-process layer computes on the same tokens.
 
-Why our own dispatcher: megatron-core's MoELayer / token dispatchers hard-code torch.cuda (see
-ENVIRONMENT.md) and DeepSpeed's MoE layer has capacity-based (dropping) gating; OLMoE is dropless.
+Why our own dispatcher: megatron-core 0.16's MoELayer and token dispatchers hard-code torch.cuda (they do not
+run on CPU without patching it, and without Transformer Engine its router hits a `te_general_gemm` NameError),
+and DeepSpeed's MoE layer has capacity-based (dropping) gating; OLMoE is dropless.
 """
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """Megatron-style tensor parallelism (TP) with megatron-core's layers, run as shipped (fp32, no sequence
-parallelism; they need no torch.cuda on this path, see ENVIRONMENT.md).
+parallelism, gather_output=False / input_is_parallel=True: on this path megatron-core 0.16 needs no torch.cuda,
+unlike its GPTModel, MoELayer and CUDA RNG tracker, so it also runs over gloo on CPU).
 
 - attention: q, k, v ColumnParallelLinear (heads split over tp), o RowParallelLinear (input is parallel);
   OLMoE's QK-norm normalises the WHOLE q / k vector (all heads), so the TP norm all-reduces the sum of

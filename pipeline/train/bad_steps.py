@@ -70,6 +70,12 @@ class BadStepGuard:
         self.last_good_step: int | None = None
         self._bad: torch.Tensor | None = None
 
+    def state_dict(self) -> dict:
+        return {"skipped_steps": self.skipped_total}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.skipped_total = int(state.get("skipped_steps", 0))
+
     def start_step(self) -> None:
         self._bad = None
 

@@ -1,4 +1,4 @@
-"""Assemble a run: process group, data, model, optimizer + schedule, DeepSpeed engine, resume, callbacks."""
+"""Build a run: process group, data, model, optimizer + schedule, DeepSpeed engine, callbacks, then resume."""
 from __future__ import annotations
 
 import logging
@@ -10,12 +10,11 @@ import torch
 from pipeline.config.run import RunConfig, run_config_to_yaml
 from pipeline.data.loader import build_loaders
 from pipeline.train.bad_steps import SkippableAdamW
-from pipeline.train.callbacks import CheckpointCallback, EvalCallback, MetricsCallback
-from pipeline.train.checkpoint import load_checkpoint, resolve_resume_path
+from pipeline.train.callbacks import CheckpointCallback, MetricsCallback, SpeedCallback, ValidationCallback
+from pipeline.train.checkpoint import resolve_resume_path
 from pipeline.train.deepspeed_config import build_deepspeed_config
 from pipeline.train.distributed import DistInfo, init_distributed, populate_env
 from pipeline.train.lr_schedule import WarmupDecaySchedule
-from pipeline.train.metrics_writer import MetricsWriter
 from pipeline.train.parallel_run import ParallelRun, check_run_layout
 from pipeline.train.param_groups import build_param_groups
 from pipeline.train.rng_state import seed_everything
@@ -64,52 +63,46 @@ def build_trainer(cfg: RunConfig, dist_info: DistInfo | None = None, model_facto
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)  # our console line replaces its INFO chatter
     seed_everything(cfg.train.seed)
     parallel = ParallelRun(cfg, dist_info)   # validates the `parallel:` layout, builds the process groups
-    train_data, val_data, manifest = build_loaders(
+    train_data, val_data, _ = build_loaders(
         cfg.data, cfg.model.vocab_size, cfg.train.seed, cfg.train.global_batch_size, cfg.train.micro_batch_size,
         cfg.eval.batches, parallel.dp_rank, parallel.dp_size)
     if model_factory is None:
         from pipeline.model import build_model as model_factory
     model = parallel.prepare_model(model_factory(cfg.model))
     engine = build_engine(model, cfg, parallel.dp_size, dist_info.device, parallel)
-
-    start_step, state = 0, {}
+    trainer = Trainer(cfg, dist_info, engine, train_data, build_callbacks(cfg, dist_info, parallel, val_data),
+                      external=parallel.external, config_yaml=run_config_to_yaml(cfg))
     ckpt = resolve_resume_path(cfg.train.resume, cfg.run_dir)
     if ckpt is not None:
-        state = load_checkpoint(engine, ckpt)
-        if parallel.external is not None:
-            parallel.external.load(ckpt)
-        engine.lr_scheduler.apply()
-        train_data.load_state_dict(state["data"])
-        start_step = int(state["step"])
+        trainer.resume_from(ckpt)
         if dist_info.rank == 0:
-            print(f"resumed from {ckpt} at step {start_step}", flush=True)
-
-    writer = None
+            print(f"resumed from {ckpt} at step {trainer.step}", flush=True)
     if dist_info.rank == 0:
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
-        writer = MetricsWriter(cfg.run_dir, cfg.log.tensorboard, resume_step=start_step if ckpt else None)
-    callbacks = [EvalCallback()]
+    return trainer
+
+
+def build_callbacks(cfg: RunConfig, dist_info: DistInfo, parallel: ParallelRun, val_data) -> list:
+    """The run's callbacks; the Trainer orders them by priority (speed, validation, zero-shot eval, metrics,
+    checkpoint)."""
+    callbacks = [SpeedCallback(cfg.train.global_batch_size * cfg.data.seq_len, _flops_per_token(cfg),
+                               cfg.log.peak_flops_per_device, dist_info.world_size),
+                 ValidationCallback(val_data, cfg.eval.every, cfg.eval.at_end),
+                 MetricsCallback(cfg.run_dir, cfg.log.tensorboard, cfg.log.histogram_every, dist_info.rank),
+                 CheckpointCallback(cfg.checkpoint.every, cfg.checkpoint.save_at_end)]
     if cfg.eval.downstream_every:
         callbacks.append(_downstream_callback(cfg, dist_info.rank, parallel))
-    callbacks += [MetricsCallback(writer, cfg.log.histogram_every), CheckpointCallback(run_config_to_yaml(cfg))]
-    trainer = Trainer(cfg, dist_info, engine, train_data, val_data, callbacks, start_step=start_step,
-                      flops_per_token=_flops_per_token(cfg))
-    trainer.external = parallel.external
-    trainer.bad_steps.skipped_total = int(state.get("skipped_steps", 0))
-    return trainer
+    return callbacks
 
 
 def _downstream_callback(cfg: RunConfig, rank: int, parallel):
     from pipeline.export.tokenizer_ref import tokenizer_record_from_run_config
-    from pipeline.train.downstream_callback import DownstreamEvalCallback
+    from pipeline.train.callbacks.downstream import DownstreamEvalCallback
     record = tokenizer_record_from_run_config({"data": {"path": cfg.data.path}})
     return DownstreamEvalCallback(cfg.eval, record, cfg.model.vocab_size, cfg.run_dir, rank,
                                   forward_has_collectives=parallel.groups is not None)
 
 
 def _flops_per_token(cfg: RunConfig) -> int | None:
-    try:
-        from pipeline.model.flops import training_flops_per_token
-    except ImportError:
-        return None
+    from pipeline.model.flops import training_flops_per_token
     return training_flops_per_token(cfg.model, cfg.data.seq_len)

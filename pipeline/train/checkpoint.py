@@ -29,8 +29,10 @@ from pipeline.data.atomic_io import atomic_write_bytes, fsync_dir
 from pipeline.train.checkpoint_safety import check_checkpoint_is_safe
 from pipeline.train.rng_state import capture_rng_state, restore_rng_state
 
-DS_TAG = "model"
-STATE_FILE = "trainer_state.json"
+DS_TAG = "model"                    # DeepSpeed's folder (its checkpoint tag)
+EXTERNAL_DIR = "external"           # parameters kept outside DeepSpeed, one sub-folder per parameter
+RNG_DIR = "rng"
+STATE_FILE = "trainer_state.json"   # written last: its presence marks a complete checkpoint
 CONFIG_FILE = "config.yaml"
 LATEST = "latest"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -98,7 +100,7 @@ def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
 def save_checkpoint(engine, run_dir: str | Path, step: int, trainer_state: dict, config_yaml: str,
                     keep_last: int, external=None) -> Path:
     """Collective: every rank must call it. Returns the final checkpoint folder. `external`: the parameters
-    kept outside DeepSpeed (pipeline/train/external_params.py), written into the same folder before the rename."""
+    kept outside DeepSpeed (pipeline/train/external_params.py), written into step_N/external/ before the rename."""
     root = checkpoint_root(run_dir)
     final, tmp = root / f"step_{step}", root / f".tmp_step_{step}"
     rank = _rank()
@@ -108,15 +110,15 @@ def save_checkpoint(engine, run_dir: str | Path, step: int, trainer_state: dict,
             root.mkdir(parents=True, exist_ok=True)
             for stale in root.glob(".tmp_step_*"):  # leftovers of a process killed mid-save
                 shutil.rmtree(stale, ignore_errors=True)
-            (tmp / "rng").mkdir(parents=True)
+            (tmp / RNG_DIR).mkdir(parents=True)
         except OSError as e:
             error = e
     _agree_written(error, tmp, step)
     try:
         engine.save_checkpoint(str(tmp), tag=DS_TAG, client_state={}, save_latest=False)
         if external is not None:
-            external.save(tmp)
-        torch.save(capture_rng_state(), tmp / "rng" / f"rank_{rank:05d}.pt")
+            external.save(tmp / EXTERNAL_DIR)
+        torch.save(capture_rng_state(), tmp / RNG_DIR / f"rank_{rank:05d}.pt")
     except dist.DistError:
         raise  # a collective failed: not a write problem (launch/train.py reports it)
     except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
@@ -171,14 +173,18 @@ def read_trainer_state(ckpt: Path) -> dict:
     return json.loads((ckpt / STATE_FILE).read_text())
 
 
-def load_checkpoint(engine, ckpt: Path) -> dict:
-    """Collective. Restores module, optimizer, lr scheduler and this rank's RNGs; returns the trainer state."""
+def load_checkpoint(engine, ckpt: Path, external=None) -> dict:
+    """Collective. Restores module, optimizer and lr scheduler (DeepSpeed), the external parameters with their
+    optimizer state, and this rank's RNGs; returns the trainer state saved with them."""
     check_checkpoint_is_safe(ckpt)  # before DeepSpeed unpickles anything from the folder
     load_path, _ = engine.load_checkpoint(str(ckpt), tag=DS_TAG, load_optimizer_states=True,
                                           load_lr_scheduler_states=True)
     if load_path is None:
         raise RuntimeError(f"{ckpt}: DeepSpeed could not load the checkpoint under tag {DS_TAG!r}")
-    rng_file = ckpt / "rng" / f"rank_{_rank():05d}.pt"
+    if external is not None:
+        external.load(ckpt / EXTERNAL_DIR)
+    engine.lr_scheduler.apply()   # the restored schedule position sets the optimizer's lrs now
+    rng_file = ckpt / RNG_DIR / f"rank_{_rank():05d}.pt"
     if rng_file.is_file():  # absent when resuming with more ranks than saved: data order is seed-derived
         restore_rng_state(torch.load(rng_file, weights_only=True))
     return read_trainer_state(ckpt)

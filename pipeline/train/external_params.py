@@ -186,25 +186,25 @@ class ExternalParams:
     def _optimizer_of(self, p: ExternalParam):
         return self.table_optimizer if p.kind == "oe_table" else self.expert_optimizer
 
-    def save(self, ckpt_dir: Path) -> None:
-        """Collective: every shard with its optimizer state under ckpt_dir/external/<name>/ (resharding format,
+    def save(self, folder: Path) -> None:
+        """Collective: every shard with its optimizer state under folder/<name>/ (resharding format,
         pipeline/parallel/sharded_checkpoint.py). One copy of each shard writes."""
         from pipeline.parallel.sharded_checkpoint import save_row_shards
 
         for p in self.params:
             if p.writer:
-                save_row_shards(Path(ckpt_dir) / "external" / p.name, p.param, (p.start, p.end), p.full,
-                                p.group, self._optimizer_of(p))
+                save_row_shards(Path(folder) / p.name, p.param, (p.start, p.end), p.full, p.group,
+                                self._optimizer_of(p))
         if dist.is_initialized():
             dist.barrier()
 
-    def load(self, ckpt_dir: Path) -> None:
+    def load(self, folder: Path) -> None:
         """Not collective: read this rank's rows from shards saved on any number of ranks."""
         from pipeline.parallel.sharded_checkpoint import load_row_shards
 
         for p in self.params:
-            folder = Path(ckpt_dir) / "external" / p.name
-            if not folder.is_dir():
-                raise FileNotFoundError(f"{ckpt_dir}: no {folder.relative_to(ckpt_dir)} (the checkpoint was "
-                                        f"saved with a layout that kept {p.name} inside DeepSpeed)")
-            load_row_shards(folder, p.param, (p.start, p.end), p.full, self._optimizer_of(p))
+            shard_dir = Path(folder) / p.name
+            if not shard_dir.is_dir():
+                raise FileNotFoundError(f"{shard_dir}: missing (the checkpoint was saved with a layout that kept "
+                                        f"{p.name} inside DeepSpeed)")
+            load_row_shards(shard_dir, p.param, (p.start, p.end), p.full, self._optimizer_of(p))

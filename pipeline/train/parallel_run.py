@@ -13,11 +13,12 @@ data-parallel ranks; ZeRO-1/2/3 partition them over those ranks. That is wrong f
 - the row-sharded OE table (paper §3.3): every rank holds DIFFERENT rows; the table must never be
   gathered, all-reduced or partitioned, and its gradient and optimizer state stay on the owner;
 - expert shards (ep > 1): ranks hold different experts. DeepSpeed only averages such parameters over the
-  expert-data-parallel group when the module is its own `deepspeed.moe.layer.MoE` (ENVIRONMENT.md), and its
-  MoE checkpointing parses that class's per-expert module names (`deepspeed_moe.experts.deepspeed_experts.N`),
-  which our stacked, dropless GroupedExperts do not have. So the expert shards are kept outside too, and
-  their gradients are averaged over the expert-data-parallel group by us (external_params.py) - the same
-  rule phase 1's `sync_gradients` proved against one process.
+  expert-data-parallel group when the module is its own `deepspeed.moe.layer.MoE` (it marks their params
+  `allreduce=False` and reduces them over `_get_expert_data_parallel_group`), and its MoE checkpointing parses
+  that class's per-expert module names (`deepspeed_moe.experts.deepspeed_experts.N`), which our stacked,
+  dropless GroupedExperts do not have. So the expert shards are kept outside too, and their gradients are
+  averaged over the expert-data-parallel group by us (external_params.py), the rule that the model-level
+  expert-parallel equivalence tests (tests/pipeline/parallel) prove against one process.
 A detached parameter stays a plain attribute of its module (forward reads it as before) but is no longer in
 `parameters()` / `state_dict()`, so DeepSpeed never sees it; its checkpoint is written by external_params.py.
 """
@@ -40,9 +41,6 @@ def check_run_layout(cfg: RunConfig, world: int) -> None:
     if world % (layout.tp * layout.ep):
         raise ConfigError(f"parallel: world size {world} is not divisible by tp x ep = {layout.tp} x {layout.ep}")
     check_layout(layout, world, cfg.model)
-    if layout.ep > 1 and cfg.deepspeed.zero_stage == 3:
-        raise ConfigError("parallel.ep: expert parallelism with deepspeed.zero_stage=3 is not supported "
-                          "(ZeRO-3 would partition expert shards over ranks holding other experts); use zero_stage 0-2")
     if layout.ep > 1 and cfg.deepspeed.precision != "fp32":
         raise ConfigError("parallel.ep: expert parallelism is fp32 only for now (expert shards are stepped "
                           "outside DeepSpeed, which casts only its own parameters to bf16)")
@@ -129,7 +127,7 @@ class ParallelRun:
                                                     g.dp // g.ep, writer=dist.get_rank(g.edp_group) == 0))
         if oe is not None and self.cfg.parallel.table_optimizer == "row_sparse_adam":
             # Sparse table gradients: backward, clipping and the optimizer touch only the rows looked up in
-            # the step instead of a table-sized dense gradient (docs/performance.md, P1: 2.97 -> 1.015).
+            # the step instead of a table-sized dense gradient (measured in docs/performance.md).
             from pipeline.parallel.table_optimizers import use_sparse_table_grads
             use_sparse_table_grads(model)
         device = self.dist.device

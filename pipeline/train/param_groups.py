@@ -42,3 +42,19 @@ def build_param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
          "lr": cfg.lr * cfg.oe_lr_multiplier},
     ]
     return [g for g in groups if g["params"]]
+
+
+# The metric each group's learning rate is logged as; other groups share the "decay" group's schedule.
+LR_METRIC_OF_GROUP = {"decay": "lr", "oe_tables": "lr_oe"}
+
+
+def learning_rate_metrics(param_groups: list[dict]) -> dict[str, float]:
+    """{"lr": the decay group's lr (or the first group's), "lr_oe": the OE table group's, if present}."""
+    out = {}
+    for group in param_groups:
+        metric = LR_METRIC_OF_GROUP.get(group.get("name", "decay"))
+        if metric is not None:
+            out[metric] = float(group["lr"])
+    if "lr" not in out and param_groups:
+        out["lr"] = float(param_groups[0]["lr"])
+    return out

@@ -13,12 +13,19 @@ import json
 import time
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from pipeline.data.atomic_io import atomic_write_bytes
 from pipeline.export.tokenizer_ref import load_tokenizer
-from pipeline.train.trainer import Callback, StepResult, Trainer
+from pipeline.train.callbacks.callback import Callback
+
+if TYPE_CHECKING:
+    from pipeline.train.trainer import StepResult, Trainer
 
 
 class DownstreamEvalCallback(Callback):
+    priority = 40
+
     def __init__(self, eval_cfg, tokenizer_record: dict, model_vocab_size: int, run_dir: str, rank: int,
                  forward_has_collectives: bool):
         self.cfg, self.run_dir, self.rank = eval_cfg, Path(run_dir), rank
@@ -26,12 +33,15 @@ class DownstreamEvalCallback(Callback):
         # Resolved once, up front: a missing or changed tokenizer is an error before training starts.
         self.tokenizer = load_tokenizer(None, tokenizer_record, model_vocab_size)
 
-    def due(self, trainer: Trainer) -> bool:
+    def due(self, trainer: "Trainer") -> bool:
         every = self.cfg.downstream_every
         return bool(every) and (trainer.step % every == 0 or trainer.is_last_step)
 
-    def on_step_end(self, trainer: Trainer, result: StepResult) -> None:
-        if not self.due(trainer) or result.metrics is None:
+    def needs_metrics(self, trainer: "Trainer") -> bool:
+        return self.due(trainer)
+
+    def on_step_end(self, trainer: "Trainer", result: "StepResult") -> None:
+        if not self.due(trainer):
             return
         from pipeline.eval.downstream import evaluate_tasks
         model = trainer.engine.module
@@ -41,12 +51,11 @@ class DownstreamEvalCallback(Callback):
         res = evaluate_tasks(model, self.tokenizer, list(self.cfg.downstream_tasks), self.cfg.downstream_limit,
                              split_ranks=self.split_ranks)
         model.train(was_training)
-        m = result.metrics
         for task, entry in res["tasks"].items():
-            m[f"downstream/{task}"] = float(entry["primary"])
+            trainer.record_metric(f"downstream/{task}", float(entry["primary"]))
         if "downstream" in res:
-            m["downstream"] = float(res["downstream"])
-        m["downstream_time_s"] = time.perf_counter() - t0
+            trainer.record_metric("downstream", float(res["downstream"]))
+        trainer.record_metric("downstream_time_s", time.perf_counter() - t0)
         if self.rank == 0:
             out = self.run_dir / "downstream" / f"step_{trainer.step}.json"
             out.parent.mkdir(parents=True, exist_ok=True)
