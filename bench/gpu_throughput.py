@@ -9,7 +9,7 @@ table is made as large as fits (--m auto: m from the memory left after the backb
 the m actually used is printed. The paper's figure (32 x A100, row-sharded table): 1.211 -> 1.155 M tok/s,
 -4.63 %.
 
-    PYTHONPATH=. python bench/gpu_throughput.py [--batch 4 --seq 2048 --steps 20] [--m auto|12800000]
+    python bench/gpu_throughput.py [--batch 4 --seq 2048 --steps 20] [--m auto|12800000]
         [--json runs/bench/p5.json]
 
 Needs CUDA; it refuses to run on CPU.
@@ -25,12 +25,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.timing import write_json  # noqa: E402
-from pipeline.config.model import load_model_config  # noqa: E402
-from pipeline.model import build_model  # noqa: E402
-from pipeline.model.flops import training_flops_per_token  # noqa: E402
-from pipeline.parallel.table_optimizers import RowSparseAdam, use_sparse_table_grads  # noqa: E402
+from bench.timing import write_json
+from pipeline.config.model import load_model_config
+from pipeline.model import build_model
+from pipeline.model.flops import training_flops_per_token
+from pipeline.parallel.table_optimizers import RowSparseAdam, use_sparse_table_grads
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}   # dense bf16 tensor-core FLOP/s (SXM)
 TABLE_BYTES_PER_PARAM = 12            # fp32 weight + Adam m and v (the gradient is sparse)

