@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     values = {k: v for k, v in vars(args).items() if k != "command"}
     from data_prep.errors import DataPrepError
     from pipeline.data.indexed_dataset import ShardError
+    from pipeline.data.tokenizer import TokenizerError
     try:
         if args.command == "shard":
             from data_prep.config import ShardConfig
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from data_prep.verify import run_verify
             run_verify(args.folder, "size" if args.quick else "full", args.progress)
-    except (DataPrepError, ShardError, ConfigError) as e:
+    except (DataPrepError, ShardError, TokenizerError, ConfigError) as e:
         print(f"data_prep {args.command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -20,7 +20,7 @@ import numpy as np
 
 from data_prep.errors import DataPrepError
 from data_prep.text import split_text
-from data_prep.tokenizer import Tokenizer, TokenizerSpec
+from pipeline.data.tokenizer import Tokenizer, TokenizerSpec
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,9 @@ from data_prep.sources import InputSource, expand_inputs
 from data_prep.split_assign import TRAIN, VAL, SplitAssigner
 from data_prep.stats import InputStats
 from data_prep.text import encode_utf8
-from data_prep.tokenizer import Tokenizer, TokenizerSpec
 from pipeline.data.indexed_dataset import dtype_for_vocab
 from pipeline.data.manifest import FORMAT_VERSION, SPLITS, Manifest, TokenizerRecord, write_manifest
+from pipeline.data.tokenizer import Tokenizer, TokenizerSpec
 
 CHUNK_CHARS = 1 << 19      # ~0.5 MB of text per task: large enough to amortise IPC, small enough to balance
 CHUNK_DOCS = 4096

@@ -76,7 +76,7 @@ def consolidate(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig,
     for merge in _MERGERS:
         state = merge(state, step_dir)
     check_state_dict(state, info.model_cfg, step_dir)
-    from pipeline.export.tokenizer_ref import tokenizer_record_from_run_config
+    from pipeline.data.tokenizer import tokenizer_record_from_run_config
 
     meta = {"format": FORMAT, "source": str(step_dir.resolve()), "step": info.step,
             "parameters": int(sum(v.numel() for v in state.values())),

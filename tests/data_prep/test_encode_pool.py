@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from data_prep.encode_pool import ChunkEncoder, EncodeSettings, OrderedEncoder
-from data_prep.tokenizer import TokenizerSpec
+from pipeline.data.tokenizer import TokenizerSpec
 from tests.data_prep.conftest import make_docs
 
 

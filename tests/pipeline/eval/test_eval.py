@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from data_prep.tokenizer import Tokenizer, TokenizerSpec
 from pipeline.config.model import load_model_config
+from pipeline.data.tokenizer import Tokenizer, TokenizerSpec
 from pipeline.eval.downstream import evaluate_tasks
 from pipeline.eval.multiple_choice import accuracy, score_items
 from pipeline.eval.scoring import continuation_logprobs

@@ -1,0 +1,164 @@
+"""The tokenizer: one interface over the two kinds we accept (a sentencepiece `.model` and a HF `tokenizers`
+`.json`), and the lookup of the tokenizer a model was trained with.
+
+Both kinds are used through their own batch encoders (C++ / Rust), single-threaded per process: parallelism
+is left to data_prep's worker processes, so `--workers N` means N cores and output never depends on thread
+timing. Special tokens are never added by the tokenizer; data_prep appends exactly one EOS per document itself.
+
+Which tokenizer a model was trained with: the data manifest named in the run config records its path, sha256,
+vocabulary size and EOS id (CONTRACTS.md, `TokenizerRecord` in manifest.py). Exports copy that record into
+export.json, so generation and evaluation can find the tokenizer from a checkpoint or an export alone (or
+take --tokenizer).
+
+Every problem raises TokenizerError, a one-line message naming the file or value.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.data.manifest import MANIFEST_NAME
+
+# Looked up, in this order, among a HF tokenizer's added special tokens when no --eos-token is given.
+EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|eos|>", "<|im_end|>")
+
+
+class TokenizerError(ValueError):
+    """A user-facing, one-line tokenizer problem (missing or corrupt file, unknown EOS, record mismatch)."""
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """Picklable recipe to load the same tokenizer in every worker process."""
+    path: str
+    eos_id: int | None = None
+    eos_token: str | None = None
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Tokenizer:
+    kind: str
+    vocab_size: int
+    eos_id: int
+
+    def __init__(self, spec: TokenizerSpec):
+        self.spec = spec
+        path = Path(spec.path)
+        if not path.is_file():
+            raise TokenizerError(f"{path}: tokenizer file not found")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        try:
+            if path.suffix == ".json":
+                self._load_hf(path)
+            elif path.suffix == ".model":
+                self._load_sp(path)
+            else:
+                raise TokenizerError(f"{path}: unknown tokenizer format (expected a sentencepiece .model or a "
+                                     "HF tokenizers .json)")
+        except TokenizerError:
+            raise
+        except Exception as e:  # the libraries raise RuntimeError/OSError/Exception on corrupt files
+            raise TokenizerError(f"{path}: cannot load tokenizer ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        self.eos_id = self._resolve_eos(spec)
+        if not 0 <= self.eos_id < self.vocab_size:
+            raise TokenizerError(f"--eos-id {self.eos_id}: outside the vocabulary [0, {self.vocab_size}) of {path}")
+
+    def _load_hf(self, path: Path) -> None:
+        from tokenizers import Tokenizer as HfTokenizer
+        self.kind = "hf_tokenizers"
+        self._hf = HfTokenizer.from_file(str(path))
+        self.vocab_size = self._hf.get_vocab_size(with_added_tokens=True)
+        fast = getattr(self._hf, "encode_batch_fast", None)  # tokenizers >= 0.20: no offsets, faster
+        encode = fast or self._hf.encode_batch
+        self._encode = lambda texts: [e.ids for e in encode(texts, add_special_tokens=False)]
+        self._decode = lambda ids: self._hf.decode(list(ids), skip_special_tokens=False)
+
+    def _load_sp(self, path: Path) -> None:
+        import sentencepiece as spm
+        self.kind = "sentencepiece"
+        self._sp = spm.SentencePieceProcessor(model_file=str(path))
+        self.vocab_size = self._sp.get_piece_size()
+        self._encode = lambda texts: self._sp.encode(texts, out_type=int, num_threads=1)
+        self._decode = lambda ids: self._sp.decode([int(i) for i in ids])
+
+    def _resolve_eos(self, spec: TokenizerSpec) -> int:
+        if spec.eos_id is not None:
+            return spec.eos_id
+        if self.kind == "sentencepiece":
+            if spec.eos_token is not None:
+                i = self._sp.piece_to_id(spec.eos_token)
+                if self._sp.id_to_piece(i) != spec.eos_token:
+                    raise TokenizerError(f"--eos-token {spec.eos_token!r}: not in {spec.path}")
+                return i
+            if self._sp.eos_id() < 0:
+                raise TokenizerError(f"{spec.path}: the model has no EOS piece; pass --eos-id or --eos-token")
+            return self._sp.eos_id()
+        names = [spec.eos_token] if spec.eos_token else list(EOS_CANDIDATES)
+        special = {t.content: i for i, t in self._hf.get_added_tokens_decoder().items() if t.special}
+        for name in names:
+            i = special.get(name, self._hf.token_to_id(name) if spec.eos_token else None)
+            if i is not None:
+                return i
+        if spec.eos_token:
+            raise TokenizerError(f"--eos-token {spec.eos_token!r}: not in {spec.path}")
+        raise TokenizerError(f"{spec.path}: cannot tell the EOS token (none of {', '.join(EOS_CANDIDATES)} is a "
+                             "special token); pass --eos-token or --eos-id")
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self._encode(texts)
+
+    def decode(self, ids) -> str:
+        return self._decode(ids)
+
+    def describe(self) -> dict:
+        return {"path": self.spec.path, "sha256": file_sha256(self.spec.path), "kind": self.kind,
+                "vocab_size": self.vocab_size, "eos_id": self.eos_id}
+
+
+def tokenizer_record_from_run_config(run_config: dict) -> dict | None:
+    """The manifest's tokenizer record {path, sha256, kind, vocab_size, eos_id}, or None if unavailable."""
+    data_path = (run_config.get("data") or {}).get("path")
+    if not data_path:
+        return None
+    manifest = Path(data_path) / MANIFEST_NAME
+    try:
+        record = json.loads(manifest.read_text()).get("tokenizer")
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(record, dict) or "path" not in record:
+        return None
+    # the manifest stores the path as given to data_prep (often relative to the repository root)
+    for candidate in (Path(record["path"]), manifest.parent / record["path"], manifest.parent / Path(record["path"]).name):
+        if candidate.is_file():
+            return {**record, "path": str(candidate.resolve())}
+    return record
+
+
+def load_tokenizer(path: str | Path | None, record: dict | None, model_vocab_size: int) -> Tokenizer:
+    """--tokenizer PATH if given, else the recorded one; checked against the recorded sha256 and the model."""
+    if path is None:
+        if record is None:
+            raise TokenizerError("no tokenizer recorded for this model (its data manifest is not reachable): "
+                                 "pass --tokenizer")
+        path = record["path"]
+        if not Path(path).is_file():
+            raise TokenizerError(f"{path}: recorded tokenizer not found: pass --tokenizer")
+        if record.get("sha256") and file_sha256(path) != record["sha256"]:
+            raise TokenizerError(f"{path}: sha256 differs from the one recorded at training time")
+    eos = record.get("eos_id") if record else None
+    tok = Tokenizer(TokenizerSpec(str(path), eos_id=eos))
+    if tok.vocab_size > model_vocab_size:
+        raise TokenizerError(f"{path}: tokenizer vocab_size {tok.vocab_size} exceeds the model's vocab_size "
+                             f"{model_vocab_size}")
+    return tok
