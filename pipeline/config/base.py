@@ -61,9 +61,10 @@ class ConfigError(ValueError):
         return ConfigError.at(f"{section}.{self.key}", self.detail)
 
 
-# Field metadata of a nested config whose keys are named from its own root, not under the field's name
-# (`field(metadata=OWN_KEYS)`): validate_tree walks into it without adding the field name to its keys.
-OWN_KEYS = types.MappingProxyType({"config_own_keys": True})
+# Field metadata (`field(metadata=OWN_KEYS)`) of a nested config whose error keys do not get the field's name:
+# validate_tree walks into it without adding that section to its keys (the node names its keys itself).
+_OWN_KEYS_FLAG = "config_own_keys"
+OWN_KEYS = types.MappingProxyType({_OWN_KEYS_FLAG: True})
 
 
 def _type_name(tp: Any) -> str:
@@ -215,10 +216,12 @@ def validate_tree(cfg: Any, section: str = "") -> None:
     """
     try:
         for f, v in _children(cfg):
-            validate_tree(v, "" if f.metadata.get("config_own_keys") else f.name)
+            validate_tree(v, "" if f.metadata.get(_OWN_KEYS_FLAG) else f.name)
         if hasattr(cfg, "validate"):
             cfg.validate()
     except ConfigError as e:
+        if e.key is None or not section:
+            raise
         raise e.within(section) from None
 
 
