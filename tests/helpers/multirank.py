@@ -49,7 +49,7 @@ def rank_env(rank: int, world_size: int, port: int, extra: dict | None = None) -
     env.update({
         "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
         "LOCAL_WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-        "PYTHONPATH": f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
         "DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false",
     })
     env.update(extra or {})
@@ -68,6 +68,8 @@ def run_ranks(world_size: int, target: str, args: dict | None = None, timeout: f
             err = open(Path(tmp) / f"err{r}.txt", "w+")
             outs.append(out)
             errs.append(err)
+            # `python -c` in cwd=REPO puts the repo first on sys.path: the target lives in tests/, which is
+            # not part of the installed package (the product code is, so no PYTHONPATH is needed).
             procs.append(subprocess.Popen(
                 [sys.executable, "-c", _BOOT, target, str(args_path), str(out)],
                 env=rank_env(r, world_size, port, env), cwd=REPO, stdout=err, stderr=subprocess.STDOUT))

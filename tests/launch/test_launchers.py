@@ -61,10 +61,11 @@ def test_mpirun_two_ranks_match_one_process(tmp_path):
         assert abs(mpi[s] - one[s]) <= 1e-5 * abs(one[s]), ("mpirun.sh DP2 vs one process", s, mpi[s], one[s])
 
 
-RECORD_ENV = """import json, os, sys
-keys = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "PYTHONPATH")
+RECORD_ENV = """import importlib.util, json, os, sys
+keys = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "OMP_NUM_THREADS")
 out = os.path.join(os.environ["RECORD_DIR"], "rank%s.json" % os.environ["RANK"])
-json.dump({"env": {k: os.environ.get(k) for k in keys}, "argv": sys.argv[1:]}, open(out, "w"))
+json.dump({"env": {k: os.environ.get(k) for k in keys}, "argv": sys.argv[1:],
+           "pipeline": importlib.util.find_spec("pipeline").origin}, open(out, "w"))
 """
 # srun with --ntasks-per-node=1 starts the command once per node; here every "node" is this machine.
 FAKE_SRUN = """#!/usr/bin/env bash
@@ -104,6 +105,7 @@ def test_slurm_sbatch_maps_ranks_across_nodes(tmp_path):
     env = _clean_env(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", SLURM_JOB_NODELIST="node[1-2]",
                      SLURM_JOB_NUM_NODES="2", SLURM_JOB_ID="4242", SLURM_SUBMIT_DIR=str(submit),
                      GPUS_PER_NODE="2", MASTER_PORT=str(port), RECORD_DIR=str(record))
+    env.pop("OMP_NUM_THREADS")   # so that the value the script exports (its default, 8) is the one ranks see
     proc = subprocess.run(["bash", str(REPO / "launch" / "slurm.sbatch"), "--config", "x.yaml", "a.b=1"],
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"slurm.sbatch exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -118,6 +120,8 @@ def test_slurm_sbatch_maps_ranks_across_nodes(tmp_path):
         env = seen["env"]
         assert env["WORLD_SIZE"] == "4" and env["LOCAL_WORLD_SIZE"] == "2", env
         # torchrun hands its workers the rendezvous host's own name (here this machine's) as MASTER_ADDR
-        assert env["MASTER_ADDR"] == ranks[0]["env"]["MASTER_ADDR"] and env["PYTHONPATH"] == str(submit), env
+        assert env["MASTER_ADDR"] == ranks[0]["env"]["MASTER_ADDR"] and env["OMP_NUM_THREADS"] == "8", env
+        # no PYTHONPATH: the ranks (the venv's torchrun) find the code through the venv's editable install
+        assert seen["pipeline"] == str(REPO / "pipeline" / "__init__.py"), seen
         assert int(env["LOCAL_RANK"]) == rank % 2 and int(env["GROUP_RANK"]) == rank // 2, env
         assert seen["argv"] == ["--config", "x.yaml", "a.b=1"]

@@ -62,7 +62,7 @@ def test_sigkill_at_any_moment_then_resume_is_exact(shards, tmp_path):
     straight = tmp_path / "straight"
     launch(args(shards, straight, "checkpoint.every=2"), launcher="python")
     run_dir = tmp_path / "killed"
-    env = dict(os.environ, PYTHONPATH=str(REPO), DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, str(REPO / "launch" / "train.py"),
                              *args(shards, run_dir, "checkpoint.every=2")], env=env, cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
