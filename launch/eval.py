@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.eval.val_loss import validation_loss
     from pipeline.export.checkpoint_reader import CheckpointError
     from pipeline.export.load import load_model
-    from pipeline.export.tokenizer_ref import load_tokenizer
+    from pipeline.data.tokenizer import load_tokenizer
 
     init_process_group()
     rank = dist.get_rank() if dist.is_initialized() else 0

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from data_prep.errors import DataPrepError
     from pipeline.export.checkpoint_reader import CheckpointError
     from pipeline.export.load import load_model
-    from pipeline.export.tokenizer_ref import load_tokenizer
+    from pipeline.data.tokenizer import load_tokenizer
     from pipeline.generate.generator import generate
     from pipeline.generate.sampling import SamplingConfig
 
