@@ -24,10 +24,8 @@ class ParallelConfig:
     table_optimizer: Literal["adamw", "row_sparse_adam"] = "adamw"
 
     def validate(self) -> None:
-        # Keys are named parallel.* here (the run config walks into this node with OWN_KEYS) because
-        # check_layout (pipeline/parallel/process_groups.py) calls validate() on a lone ParallelConfig.
-        check(self.tp >= 1, "parallel.tp", f"must be >= 1 (got {self.tp})")
-        check(self.ep >= 1, "parallel.ep", f"must be >= 1 (got {self.ep})")
-        check(not (self.tp > 1 and self.ep > 1), "parallel.ep",
+        check(self.tp >= 1, "tp", f"must be >= 1 (got {self.tp})")
+        check(self.ep >= 1, "ep", f"must be >= 1 (got {self.ep})")
+        check(not (self.tp > 1 and self.ep > 1), "ep",
               f"ep={self.ep} with tp={self.tp} is not supported (experts would see tp copies of each token); "
               "use tp x dp or ep x dp")

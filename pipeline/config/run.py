@@ -170,8 +170,8 @@ class RunConfig:
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    # tp / ep / OE sharding (docs/parallelism.md); names its keys parallel.* itself (see ParallelConfig)
-    parallel: ParallelConfig = field(default_factory=ParallelConfig, metadata=OWN_KEYS)
+    # tp / ep / OE sharding (docs/parallelism.md)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def resolve(self) -> None:
         """Derived defaults, filled by the loader before validation (and saved with every checkpoint)."""

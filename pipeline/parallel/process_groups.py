@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from pipeline.config.base import ConfigError
+from pipeline.config.base import ConfigError, validate_tree
 from pipeline.config.model import ModelConfig
 from pipeline.config.parallel import ParallelConfig
 
@@ -46,7 +46,7 @@ class ParallelGroups:
 
 def check_layout(layout: ParallelConfig, world: int, cfg: ModelConfig | None = None) -> None:
     """One-line errors naming the key for layouts that cannot tile this world or this model."""
-    layout.validate()
+    validate_tree(layout, "parallel")
     if world % layout.tp:
         raise ConfigError(f"parallel.tp: {layout.tp} does not divide the world size {world}")
     dp = world // layout.tp

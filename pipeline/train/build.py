@@ -96,7 +96,7 @@ def build_callbacks(cfg: RunConfig, dist_info: DistInfo, parallel: ParallelRun, 
 
 
 def _downstream_callback(cfg: RunConfig, rank: int, parallel):
-    from pipeline.export.tokenizer_ref import tokenizer_record_from_run_config
+    from pipeline.data.tokenizer import tokenizer_record_from_run_config
     from pipeline.train.callbacks.downstream import DownstreamEvalCallback
     record = tokenizer_record_from_run_config({"data": {"path": cfg.data.path}})
     return DownstreamEvalCallback(cfg.eval, record, cfg.model.vocab_size, cfg.run_dir, rank,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.data.atomic_io import atomic_write_bytes
-from pipeline.export.tokenizer_ref import load_tokenizer
+from pipeline.data.tokenizer import load_tokenizer
 from pipeline.train.callbacks.callback import Callback
 
 if TYPE_CHECKING:
