@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 
-def _rank_world() -> tuple[int, int]:
+def rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -36,7 +36,7 @@ def continuation_logprobs(model, requests: list[tuple[list[int], list[int]]], ba
         full = (list(ctx) + list(cont))[-(max_len + 1):]
         seqs.append(full)
         starts.append(len(full) - len(cont))      # index in `full` of the first continuation token
-    rank, world = _rank_world() if split_ranks else (0, 1)
+    rank, world = rank_and_world() if split_ranks else (0, 1)
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))[rank::world]
     local: dict[int, float] = {}
     pos = 0

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from pipeline.data.loader import VAL_STREAM, SplitDocuments, check_data_fits_model
 from pipeline.data.manifest import load_manifest
 from pipeline.data.packing import PackedSequences
-from pipeline.eval.scoring import _rank_world
+from pipeline.eval.scoring import rank_and_world
 
 
 @torch.no_grad()
@@ -33,7 +33,7 @@ def validation_loss(model, data_path: str, seq_len: int, split: str = "val", mic
     sequences = PackedSequences(SplitDocuments(folder, manifest, split), seq_len, seed=0, shuffle=False,
                                 stream_id=VAL_STREAM)
     n = sequences.samples_per_epoch if max_sequences is None else min(max_sequences, sequences.samples_per_epoch)
-    rank, world = _rank_world()
+    rank, world = rank_and_world()
     mine = np.arange(rank, n, world)
     device = model.lm_head.weight.device
     total = torch.zeros(2, dtype=torch.float64)

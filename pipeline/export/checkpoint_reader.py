@@ -23,11 +23,8 @@ import yaml
 
 from pipeline.config.base import ConfigError
 from pipeline.config.model import ModelConfig, load_model_config
+from pipeline.train.checkpoint import CONFIG_FILE, DS_TAG, LATEST, STATE_FILE
 from pipeline.train.checkpoint_safety import UnsafeCheckpointError, check_checkpoint_is_safe
-
-DS_TAG = "model"            # pipeline/train/checkpoint.py saves DeepSpeed state under this tag
-CONFIG_FILE = "config.yaml"
-STATE_FILE = "trainer_state.json"
 
 
 class CheckpointError(ValueError):
@@ -48,7 +45,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if not p.exists():
         raise CheckpointError(f"{p}: no such file or folder")
     for root in (p, p / "checkpoints"):
-        pointer = root / "latest"
+        pointer = root / LATEST
         if (root / STATE_FILE).is_file() and (root / CONFIG_FILE).is_file():
             return root
         if pointer.is_file():

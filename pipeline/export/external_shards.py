@@ -16,8 +16,7 @@ from safetensors import safe_open
 from pipeline.export.checkpoint_reader import CheckpointError
 from pipeline.export.consolidate import register_merger
 from pipeline.parallel.sharded_checkpoint import read_meta
-
-EXTERNAL_DIR = "external"
+from pipeline.train.checkpoint import EXTERNAL_DIR
 
 
 def read_full_rows(folder: Path) -> torch.Tensor:
