@@ -134,7 +134,7 @@ def worker(rank: int, world: int, args, port: int, out) -> None:
 def run_world(world: int, args) -> dict:
     import torch.multiprocessing as mp
 
-    from pipeline.train.distributed import _free_port as free_port
+    from pipeline.train.distributed import free_port
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     port = free_port()

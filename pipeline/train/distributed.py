@@ -26,7 +26,7 @@ class DistInfo:
     backend: str
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -44,7 +44,7 @@ def populate_env() -> None:
     if "RANK" not in env:
         env.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
         env.setdefault("MASTER_ADDR", "127.0.0.1")
-        env.setdefault("MASTER_PORT", str(_free_port()))
+        env.setdefault("MASTER_PORT", str(free_port()))
     env.setdefault("LOCAL_RANK", "0")
     # DeepSpeed's CPU accelerator is picked automatically without CUDA; saying so silences its warning.
     if not torch.cuda.is_available():
