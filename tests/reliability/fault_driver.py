@@ -141,10 +141,7 @@ def install() -> None:
                 checkpoint.fsync_dir = _KillAfter(checkpoint.fsync_dir)
         return _save(engine, *args, **kwargs)
 
-    checkpoint.save_checkpoint = save_checkpoint
-    import pipeline.train.callbacks as callbacks
-
-    callbacks.save_checkpoint = save_checkpoint
+    checkpoint.save_checkpoint = save_checkpoint   # the Trainer calls it through the module
 
 
 def main() -> int:
