@@ -122,7 +122,8 @@ class MoE(nn.Module):
         token_idx = order // self.top_k
         counts = torch.bincount(flat_experts, minlength=self.n_experts)
         y = self.experts(x[token_idx], counts)
-        y = y * gates.reshape(-1)[order].unsqueeze(-1).to(y.dtype)
+        # the k expert outputs of a token are combined in the input's dtype (fp32 under autocast)
+        y = y.to(x.dtype) * gates.reshape(-1)[order].unsqueeze(-1).to(x.dtype)
         out = torch.zeros_like(x).index_add_(0, token_idx, y)
         stats = RouterStats(lb=load_balancing_loss(probs, counts, self.top_k), z=router_z_loss(logits),
                             counts=counts.detach())

@@ -115,7 +115,10 @@ class OverEncoding(nn.Module):
     def _forward_ids(self, token_emb: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         global_rows = ids + self.row_offsets.view(-1, 1, 1)
         vecs = self.lookup(global_rows.permute(1, 2, 0))                      # [B, S, T, d_t]
-        ngram = self.proj(vecs.flatten(-2).to(token_emb.dtype))               # = sum_t W_t e_t
+        # = sum_t W_t e_t. Under bf16 autocast the projection runs in bf16 but its output joins the fp32
+        # token embedding, and the 1/(1+k(n-1)) mean below is taken in fp32, so the small n-gram share is
+        # not rounded against the 1-gram embedding.
+        ngram = self.proj(vecs.flatten(-2))
         if self.output_norm is not None:
             ngram = self.output_norm(ngram)
         if self.cfg.output_scale != 1.0:

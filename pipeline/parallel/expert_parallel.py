@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch import nn
 
 from pipeline.model.moe import GroupedExperts, MoE, RouterStats, load_balancing_loss, router_z_loss
+from pipeline.parallel.precision import matmul_dtype
 from pipeline.parallel.shard_info import mark_sharded
 
 
@@ -89,7 +90,9 @@ class ExpertParallelMoE(MoE):
         send_splits = counts.view(ep, n_local).sum(dim=1).tolist()
         recv_splits = recv.sum(dim=1).tolist()
 
-        x_recv = all_to_all(x[token_idx], recv_splits, send_splits, self.ep_group)   # source-major
+        # the experts' matmuls consume x in matmul_dtype: sending it in that dtype changes no value
+        x_send = x[token_idx].to(matmul_dtype(x))
+        x_recv = all_to_all(x_send, recv_splits, send_splits, self.ep_group)       # source-major
         # regroup expert-major: segment (s, e) -> key e*ep + s, stable sort keeps each source's order
         seg_key = (torch.arange(n_local, device=x.device).view(1, -1) * ep
                    + torch.arange(ep, device=x.device).view(-1, 1))
@@ -99,7 +102,8 @@ class ExpertParallelMoE(MoE):
         y_recv = torch.empty_like(y_local).index_copy(0, perm, y_local)             # back to source-major
         y = all_to_all(y_recv, send_splits, recv_splits, self.ep_group)
 
-        y = y * gates.reshape(-1)[order].unsqueeze(-1).to(y.dtype)
+        # the k expert outputs of a token are combined in the input's dtype (fp32 under autocast)
+        y = y.to(x.dtype) * gates.reshape(-1)[order].unsqueeze(-1).to(x.dtype)
         out = torch.zeros_like(x).index_add_(0, token_idx, y)
         stats = RouterStats(lb=load_balancing_loss(probs, counts, self.top_k), z=router_z_loss(logits),
                             counts=counts.detach())

@@ -22,6 +22,7 @@ from pipeline.model.mlp import SwiGLU
 from pipeline.model.moe import MoE
 from pipeline.model.over_encoding import OverEncoding
 from pipeline.parallel.expert_parallel import ExpertParallelMoE
+from pipeline.parallel.precision import matmul_dtype
 from pipeline.parallel.process_groups import ParallelGroups
 from pipeline.parallel.shard_info import mark_sharded
 from pipeline.parallel.sharded_embedding import RowSharding, sharded_lookup
@@ -47,7 +48,8 @@ class ShardedOverEncoding(OverEncoding):
         # every rank in the group holds a per-rank mean loss of its own (or a tp copy's) data; the owner
         # sums their row gradients, so scale by the group size to get the data-parallel mean
         return sharded_lookup(self.table, global_rows, self.sharding, self.group,
-                              grad_scale=1.0 / self.sharding.world, sparse_grad=self.sparse_grad)
+                              grad_scale=1.0 / self.sharding.world, sparse_grad=self.sparse_grad,
+                              out_dtype=matmul_dtype(self.table))
 
 
 def _swap(model: nn.Module, kind: type, make) -> int:

@@ -48,7 +48,8 @@ class RowSharding:
 class _ShardedLookup(torch.autograd.Function):
     @staticmethod
     def forward(ctx, shard: torch.Tensor, ids: torch.Tensor, sharding: RowSharding,
-                group: dist.ProcessGroup, grad_scale: float, sparse_grad: bool) -> torch.Tensor:
+                group: dist.ProcessGroup, grad_scale: float, sparse_grad: bool,
+                out_dtype: torch.dtype) -> torch.Tensor:
         world, dim = sharding.world, shard.shape[1]
         flat = ids.reshape(-1)
         uniq, inverse = torch.unique(flat, sorted=True, return_inverse=True)
@@ -65,43 +66,50 @@ class _ShardedLookup(torch.autograd.Function):
         dist.all_to_all_single(recv_ids, uniq.to(id_dtype), recv_splits, send_splits, group=group)
         local_rows = recv_ids.long() - sharding.bounds()[0]
 
-        rows = shard.detach()[local_rows]
-        vecs = torch.empty(uniq.numel(), dim, dtype=shard.dtype, device=shard.device)
+        rows = shard.detach()[local_rows].to(out_dtype)    # owners cast: the vectors travel in compute dtype
+        vecs = torch.empty(uniq.numel(), dim, dtype=out_dtype, device=shard.device)
         dist.all_to_all_single(vecs, rows, send_splits, recv_splits, group=group)
 
         ctx.save_for_backward(inverse, local_rows)
-        ctx.meta = (send_splits, recv_splits, uniq.numel(), shard.shape, group, grad_scale, sparse_grad)
+        ctx.meta = (send_splits, recv_splits, uniq.numel(), shard.shape, shard.dtype, group, grad_scale, sparse_grad)
         return vecs[inverse].view(*ids.shape, dim)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         inverse, local_rows = ctx.saved_tensors
-        send_splits, recv_splits, n_unique, shard_shape, group, grad_scale, sparse_grad = ctx.meta
+        send_splits, recv_splits, n_unique, shard_shape, grad_dtype, group, grad_scale, sparse_grad = ctx.meta
         dim = shard_shape[1]
-        grad_unique = torch.zeros(n_unique, dim, dtype=grad_out.dtype, device=grad_out.device)
-        grad_unique.index_add_(0, inverse, grad_out.reshape(-1, dim))
-        grad_rows = torch.empty(len(local_rows), dim, dtype=grad_out.dtype, device=grad_out.device)
+        # Row gradients are summed and travel in the table's (master) dtype, fp32: a bf16 sum over the
+        # positions and ranks that hit one row would round away the small per-position contributions.
+        grad_unique = torch.zeros(n_unique, dim, dtype=grad_dtype, device=grad_out.device)
+        grad_unique.index_add_(0, inverse, grad_out.reshape(-1, dim).to(grad_dtype))
+        grad_rows = torch.empty(len(local_rows), dim, dtype=grad_dtype, device=grad_out.device)
         dist.all_to_all_single(grad_rows, grad_unique, recv_splits, send_splits, group=group)
         if grad_scale != 1.0:
             grad_rows.mul_(grad_scale)
         if sparse_grad:     # only the received rows (duplicates from several ranks are summed on coalesce);
             # local_rows lie in [0, shard rows) by construction, so the O(nnz) invariant check is skipped
             return (torch.sparse_coo_tensor(local_rows.unsqueeze(0), grad_rows, shard_shape, check_invariants=False),
-                    None, None, None, None, None)
-        grad_shard = torch.zeros(shard_shape, dtype=grad_out.dtype, device=grad_out.device)
+                    None, None, None, None, None, None)
+        grad_shard = torch.zeros(shard_shape, dtype=grad_dtype, device=grad_out.device)
         grad_shard.index_add_(0, local_rows, grad_rows)
-        return grad_shard, None, None, None, None, None
+        return grad_shard, None, None, None, None, None, None
 
 
 def sharded_lookup(shard: torch.Tensor, ids: torch.Tensor, sharding: RowSharding, group: dist.ProcessGroup,
-                   grad_scale: float = 1.0, sparse_grad: bool = False) -> torch.Tensor:
+                   grad_scale: float = 1.0, sparse_grad: bool = False,
+                   out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Rows `ids` (global row numbers, any shape) of the table whose local block is `shard` ->
     [*ids.shape, dim]. Collective: every rank of `group` must call it, in the same order.
 
     grad_scale multiplies the gradient the owner accumulates. The owner receives the SUM of every rank's
     row gradients; with per-rank mean losses averaged over data-parallel replicas, pass 1 / (ranks in the
     group), which equals 1/dp when each replica appears equally often in the group. sparse_grad returns the
-    shard's gradient as a sparse COO tensor over the received rows (see OverEncoding.sparse_grad)."""
+    shard's gradient as a sparse COO tensor over the received rows (see OverEncoding.sparse_grad).
+    out_dtype (default: the shard's) is the dtype the vectors are returned in: under bf16 autocast the owners
+    cast their rows to bf16 before the return all-to-all (half the bytes; the projection that consumes them
+    would round them to bf16 anyway), while the row gradients are summed and sent in the shard's dtype."""
     if ids.dtype != torch.long:
         raise TypeError(f"sharded_lookup: ids must be int64, got {ids.dtype}")
-    return _ShardedLookup.apply(shard, ids, sharding, group, grad_scale, sparse_grad)
+    return _ShardedLookup.apply(shard, ids, sharding, group, grad_scale, sparse_grad,
+                                shard.dtype if out_dtype is None else out_dtype)

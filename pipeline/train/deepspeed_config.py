@@ -27,6 +27,21 @@ def gradient_accumulation_steps(cfg: RunConfig, world_size: int) -> int:
     return cfg.train.global_batch_size // per_step
 
 
+def precision_settings(precision: str) -> dict:
+    """bf16 = DeepSpeed's `torch_autocast`: parameters, gradients (accumulated over micro-batches), the
+    gradient reduction, clipping norm and optimizer state all stay fp32 and matmuls run in bf16 under
+    torch.autocast. The same rule then holds for every layout and for the parameters stepped outside the
+    engine (OE table and expert shards), which are fp32 tensors cast at use like the engine's own.
+    DeepSpeed's `bf16.enabled` mode is not used: at ZeRO-0 it wraps the optimizer in FP16_UnfusedOptimizer,
+    which accumulates gradients in bf16 and takes one zero-gradient AdamW step at start-up (the first real
+    update is then ~0.73x lr), and it would cast only the engine's parameters. An empty
+    lower_precision_safe_modules list keeps every gradient reduction in fp32."""
+    if precision == "fp32":
+        return {"bf16": {"enabled": False}}
+    return {"bf16": {"enabled": False},
+            "torch_autocast": {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}}
+
+
 def run_deepspeed_settings(cfg: RunConfig, world_size: int) -> dict:
     """What the run config says, in DeepSpeed's vocabulary."""
     return {
@@ -35,7 +50,7 @@ def run_deepspeed_settings(cfg: RunConfig, world_size: int) -> dict:
         "gradient_accumulation_steps": gradient_accumulation_steps(cfg, world_size),
         "gradient_clipping": cfg.optim.grad_clip,
         "zero_optimization": {"stage": cfg.deepspeed.zero_stage},
-        "bf16": {"enabled": cfg.deepspeed.precision == "bf16"},
+        **precision_settings(cfg.deepspeed.precision),
         # Our optimizer is a plain torch AdamW; DeepSpeed tests ZeRO only with its own unless told.
         "zero_allow_untested_optimizer": True,
         "steps_per_print": _QUIET_STEPS,

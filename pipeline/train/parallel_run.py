@@ -41,9 +41,6 @@ def check_run_layout(cfg: RunConfig, world: int) -> None:
     if world % (layout.tp * layout.ep):
         raise ConfigError(f"parallel: world size {world} is not divisible by tp x ep = {layout.tp} x {layout.ep}")
     check_layout(layout, world, cfg.model)
-    if layout.ep > 1 and cfg.deepspeed.precision != "fp32":
-        raise ConfigError("parallel.ep: expert parallelism is fp32 only for now (expert shards are stepped "
-                          "outside DeepSpeed, which casts only its own parameters to bf16)")
 
 
 def detach_parameter(module: nn.Module, name: str) -> nn.Parameter:
