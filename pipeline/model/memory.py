@@ -1,11 +1,29 @@
-"""Analytic per-rank memory of parameters, gradients and optimizer state under a parallel layout.
+"""Analytic per-rank memory of parameters, gradients and optimizer state under a parallel layout and precision.
 
-Pure arithmetic on the config (the model itself stays free of parallelism). Assumptions, matching the
-planned training system: dense weights replicated over DP and split over TP; expert weights split over
-EP (EP ranks carved out of DP, so each expert is replicated over dp/ep ranks); OE tables row-sharded over
-all DP ranks (paper §3.3), never replicated. Mixed precision keeps an fp32 master copy plus Adam's two
-fp32 states; ZeRO-1 shards optimizer state over the replicas, ZeRO-2 also shards gradients. OE tables
-keep params, grads and optimizer state only on their owner. Activations are not included.
+Pure arithmetic on the config (the model itself stays free of parallelism); activations are not included.
+Placement follows the trainer (pipeline/train/parallel_run.py): dense weights replicated over DP and split
+over TP; OE tables row-sharded over the DP ranks (paper §3.3, or over every rank with oe_shard_group
+"world"); experts inside DeepSpeed when ep = 1, and with ep > 1 split over EP (EP ranks carved out of DP, so
+each expert shard is replicated over dp/ep ranks). OE tables and expert shards with ep > 1 are stepped
+OUTSIDE DeepSpeed, so ZeRO never partitions them.
+
+Bytes per parameter come from PRECISION_RULES: one Term per tensor a parameter costs, with the ZeRO stages at
+which it exists and at which DeepSpeed partitions it over the data-parallel replicas, and whether it is held
+between optimizer steps ("held") or only from the forward/backward to the step ("transient"; the peak adds
+it). The rules are read off DeepSpeed 0.19 (runtime/zero/stage_1_and_2.py, stage3.py, bf16_optimizer.py):
+- ZeRO-1/2 keep a flat fp32 clone of their partition (`single_partition_of_fp32_groups`) even when the
+  module weights are fp32 already; ZeRO-3 steps its fp32 partition in place (no clone).
+- ZeRO-0/1 gradients are full-size; ZeRO-2/3 reduce them bucket by bucket into a partitioned buffer.
+- "bf16" is what the trainer uses (deepspeed.precision: bf16 = DeepSpeed's torch_autocast, see
+  pipeline/train/deepspeed_config.py): every weight, gradient and optimizer state stays fp32; matmuls run in
+  bf16, and the bf16 copy autocast makes of each weight is saved for the backward (transient, 2 B; ZeRO-3
+  does not partition it: autograd holds the whole copy after the fp32 layer is released again).
+- "bf16-master-weights" is DeepSpeed's bf16.enabled optimizer with fp32 gradient accumulation
+  (bf16 module weights + fp32 master + Adam + fp32 accumulation buffer), listed for comparison only.
+Parameters outside DeepSpeed (EXTERNAL_RULE) are fp32 storage cast to bf16 at use in every precision:
+weight 4 B + AdamW m, v 8 B (RowSparseAdam keeps dense moments too) + a dense fp32 gradient 4 B; with
+table_optimizer row_sparse_adam the table gradient is sparse (only the rows the step looked up, bounded by
+`tokens_per_rank_step` x tables x (4 B x width + 8 B row index)).
 """
 from __future__ import annotations
 
@@ -16,6 +34,7 @@ from pipeline.config.model import ModelConfig
 from pipeline.model.flops import param_counts
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2}
+ALL_STAGES = frozenset({0, 1, 2, 3})
 
 
 @dataclass
@@ -48,33 +67,115 @@ class Layout:
             raise ConfigError(f"layout.tp: {self.tp} must divide n_heads={cfg.n_heads}")
 
 
-def per_rank_bytes(cfg: ModelConfig, layout: Layout, param_dtype: str = "bf16", zero_stage: int = 1
-                   ) -> dict[str, int]:
-    if param_dtype not in DTYPE_BYTES:
-        raise ConfigError(f"param_dtype: {param_dtype!r} is not one of {sorted(DTYPE_BYTES)}")
-    if zero_stage not in (0, 1, 2):
-        raise ConfigError(f"zero_stage: {zero_stage} is not 0, 1 or 2")
+@dataclass(frozen=True)
+class Term:
+    name: str                         # weights | master | optimizer | grads | grad_accum | bf16_copies
+    nbytes: int                       # bytes per parameter before partitioning
+    exists: frozenset = ALL_STAGES    # ZeRO stages at which DeepSpeed holds this tensor
+    partitioned: frozenset = frozenset()   # ZeRO stages that split it over the data-parallel replicas
+    transient: bool = False           # only from the forward/backward to the optimizer step
+
+
+_ENGINE_FP32 = (Term("weights", 4, partitioned=frozenset({3})),
+                Term("master", 4, exists=frozenset({1, 2}), partitioned=frozenset({1, 2})),
+                Term("optimizer", 8, partitioned=frozenset({1, 2, 3})),
+                Term("grads", 4, partitioned=frozenset({2, 3}), transient=True))
+PRECISION_RULES: dict[str, tuple[Term, ...]] = {
+    "fp32": _ENGINE_FP32,
+    "bf16": _ENGINE_FP32 + (Term("bf16_copies", 2, transient=True),),
+    "bf16-master-weights": (Term("weights", 2, partitioned=frozenset({3})),
+                            Term("master", 4, partitioned=frozenset({1, 2, 3})),
+                            Term("optimizer", 8, partitioned=frozenset({1, 2, 3})),
+                            Term("grad_accum", 4, partitioned=frozenset({2, 3})),
+                            Term("grads", 2, partitioned=frozenset({2, 3}), transient=True)),
+}
+EXTERNAL_RULE = (Term("weights", 4), Term("optimizer", 8), Term("grads", 4, transient=True))
+TERM_NAMES = ("weights", "master", "optimizer", "grad_accum", "grads", "bf16_copies")
+
+
+def check_precision(precision: str, zero_stage: int) -> None:
+    if precision not in PRECISION_RULES:
+        raise ConfigError(f"precision: {precision!r} is not one of {sorted(PRECISION_RULES)}")
+    if zero_stage not in ALL_STAGES:
+        raise ConfigError(f"zero_stage: {zero_stage} is not 0, 1, 2 or 3")
+
+
+def bytes_per_parameter(kind: str, precision: str, zero_stage: int, replicas: int) -> dict[str, float]:
+    """Bytes this rank holds per parameter it owns a copy of, by term. kind: "engine" (inside DeepSpeed,
+    ZeRO-partitioned over `replicas`), "experts" / "oe_table" (outside DeepSpeed: never partitioned)."""
+    check_precision(precision, zero_stage)
+    out = dict.fromkeys(TERM_NAMES, 0.0)
+    if kind == "engine":
+        for t in PRECISION_RULES[precision]:
+            if zero_stage in t.exists:
+                out[t.name] += t.nbytes / (replicas if zero_stage in t.partitioned else 1)
+        return out
+    for t in EXTERNAL_RULE:
+        out[t.name] += t.nbytes
+    if kind == "experts" and precision != "fp32":
+        out["bf16_copies"] = 2.0       # the grouped GEMM's bf16 cast of the local experts, saved for backward
+    return out
+
+
+def _held(per_param: dict[str, float], precision: str, kind: str) -> float:
+    transient = {t.name for t in (PRECISION_RULES[precision] if kind == "engine" else EXTERNAL_RULE)
+                 if t.transient} | {"bf16_copies"}
+    return sum(v for k, v in per_param.items() if k not in transient)
+
+
+def memory_breakdown(cfg: ModelConfig, layout: Layout, precision: str = "bf16", zero_stage: int = 1,
+                     table_optimizer: str = "adamw", oe_shard_group: str = "dp",
+                     tokens_per_rank_step: int | None = None) -> dict[str, dict]:
+    """Per parameter kind on one rank: parameters held, bytes per parameter by term, held / peak bytes.
+    `tokens_per_rank_step` (global batch x seq_len / dp) bounds the sparse table gradient of
+    row_sparse_adam; without it that gradient is left out (reported as None)."""
+    check_precision(precision, zero_stage)
     layout.check(cfg)
     c = param_counts(cfg)
-    p = DTYPE_BYTES[param_dtype]
-    opt = (0 if param_dtype == "fp32" else 4) + 8          # fp32 master (if needed) + Adam m and v
-    experts = c["experts"]
-    tables = c["oe_tables"]
+    experts, tables = c["experts"], c["oe_tables"]
     dense = c["total"] - experts - tables
+    kinds: dict[str, tuple[float, str, int]] = {"dense": (dense / layout.tp, "engine", layout.dp)}
+    if experts:
+        kinds["experts"] = ((experts / layout.ep, "experts", 1) if layout.ep > 1
+                            else (experts, "engine", layout.dp))
+    if tables:
+        owners = layout.dp * (layout.tp if oe_shard_group == "world" else 1)
+        kinds["oe_tables"] = (tables / owners, "oe_table", 1)
+    out: dict[str, dict] = {}
+    for name, (n_local, kind, replicas) in kinds.items():
+        per = bytes_per_parameter(kind, precision, zero_stage, replicas)
+        sparse = None
+        if kind == "oe_table" and table_optimizer == "row_sparse_adam":
+            per["grads"] = 0.0
+            if tokens_per_rank_step is not None:
+                oe = cfg.over_encoding
+                width = cfg.d_model // oe.num_tables
+                rows = min(n_local / width, tokens_per_rank_step * oe.num_tables)
+                sparse = rows * (4 * width + 8)
+        held = _held(per, precision, kind) * n_local
+        peak = sum(per.values()) * n_local + (sparse or 0.0)
+        out[name] = {"params": n_local, "placement": "deepspeed" if kind == "engine" else "outside deepspeed",
+                     "replicas_partitioned_over": replicas if kind == "engine" else 1,
+                     "bytes_per_param": per, "sparse_grad_bytes": sparse, "held_bytes": held,
+                     "peak_bytes": peak}
+    return out
 
-    def replicated(n_local: float, replicas: int) -> tuple[float, float, float]:
-        grads = n_local * p / (replicas if zero_stage >= 2 else 1)
-        state = n_local * opt / (replicas if zero_stage >= 1 else 1)
-        return n_local * p, grads, state
 
-    d_p, d_g, d_o = replicated(dense / layout.tp, layout.dp)
-    e_p, e_g, e_o = replicated(experts / layout.ep, layout.dp // layout.ep)
-    t_local = tables / layout.dp
-    out = {
-        "params": d_p + e_p + t_local * p,
-        "grads": d_g + e_g + t_local * p,
-        "optimizer": d_o + e_o + t_local * opt,
-        "oe_tables_params": t_local * p,
-    }
-    out["total"] = out["params"] + out["grads"] + out["optimizer"]
+def per_rank_bytes(cfg: ModelConfig, layout: Layout, param_dtype: str = "bf16", zero_stage: int = 1,
+                   table_optimizer: str = "adamw", oe_shard_group: str = "dp",
+                   tokens_per_rank_step: int | None = None) -> dict[str, int]:
+    """Flat per-rank totals: each term summed over the parameter kinds; `held` (between steps), `total`
+    (the training peak without activations = held + transient) and the local OE table weights."""
+    parts = memory_breakdown(cfg, layout, param_dtype, zero_stage, table_optimizer, oe_shard_group,
+                             tokens_per_rank_step)
+    out = {name: 0.0 for name in TERM_NAMES}
+    for part in parts.values():
+        for name, b in part["bytes_per_param"].items():
+            out[name] += b * part["params"]
+        out["grads"] += part["sparse_grad_bytes"] or 0.0
+    out["params"] = out.pop("weights")
+    tables = parts.get("oe_tables")
+    out["oe_tables_params"] = tables["bytes_per_param"]["weights"] * tables["params"] if tables else 0.0
+    out["held"] = sum(p["held_bytes"] for p in parts.values())
+    out["total"] = sum(p["peak_bytes"] for p in parts.values())
     return {key: int(round(value)) for key, value in out.items()}

@@ -47,19 +47,6 @@ def test_mtp_flops_and_training_flops():
     assert training_flops_per_token(base, 4096) == 3 * (forward_flops_per_token(base) + 12 * 4 * 4096 * d)
 
 
-def test_memory_per_rank():
-    tiny = cfg("tiny-olmoe-oe")
-    c = param_counts(tiny)
-    n, tables = c["total"], c["oe_tables"]
-    m = per_rank_bytes(tiny, Layout(), "fp32", 0)
-    assert (m["params"], m["grads"], m["optimizer"]) == (4 * n, 4 * n, 8 * n)
-    m = per_rank_bytes(tiny, Layout(dp=2), "bf16", 2)
-    rest = n - tables
-    assert m["params"] == 2 * rest + tables                     # tables row-sharded over dp=2
-    assert m["grads"] == rest + tables                          # ZeRO-2: dense grads halved
-    assert m["optimizer"] == 6 * rest + 6 * tables              # (4 master + 8 Adam) / 2
-
-
 def test_layout_errors_are_one_line():
     assert Layout.parse(["dp=32,ep=8", "tp=2"]) == Layout(dp=32, tp=2, ep=8)
     with pytest.raises(ConfigError, match="layout: unknown axis 'pp'"):
