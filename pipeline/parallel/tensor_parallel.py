@@ -50,8 +50,29 @@ def _load_shard(param: torch.Tensor, full: torch.Tensor, dim: int, rank: int, tp
     mark_sharded(param, dim, rank * size, (rank + 1) * size, full.shape[dim])
 
 
+class _OutsideCpuAutocast:
+    """megatron-core's linear autograd function restores only CUDA autocast state in its backward (its
+    custom_fwd/custom_bwd are fixed to device_type="cuda"), so under CPU autocast the backward multiplies a
+    bf16 gradient by the fp32 weight and fails. On CPU these layers therefore run outside autocast in their
+    parameter dtype (fp32: exact, not bf16 compute); on CUDA they run under autocast in bf16 as shipped."""
+
+    def forward(self, x: torch.Tensor, *args, **kwargs):
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            with torch.autocast("cpu", enabled=False):
+                return super().forward(x.to(self.weight.dtype), *args, **kwargs)
+        return super().forward(x, *args, **kwargs)
+
+
+class ColumnParallel(_OutsideCpuAutocast, ColumnParallelLinear):
+    pass
+
+
+class RowParallel(_OutsideCpuAutocast, RowParallelLinear):
+    pass
+
+
 def column_parallel(dense: nn.Linear, config, tp_rank: int, cls=None):
-    cls = cls or ColumnParallelLinear
+    cls = cls or ColumnParallel
     layer = cls(dense.in_features, dense.out_features, config=config, init_method=_no_init, bias=False,
                 gather_output=False)
     _load_shard(layer.weight, dense.weight, 0, tp_rank, config.tensor_model_parallel_size)
@@ -59,7 +80,7 @@ def column_parallel(dense: nn.Linear, config, tp_rank: int, cls=None):
 
 
 def row_parallel(dense: nn.Linear, config, tp_rank: int):
-    layer = RowParallelLinear(dense.in_features, dense.out_features, config=config, init_method=_no_init,
+    layer = RowParallel(dense.in_features, dense.out_features, config=config, init_method=_no_init,
                               bias=False, input_is_parallel=True, skip_bias_add=False)
     _load_shard(layer.weight, dense.weight, 1, tp_rank, config.tensor_model_parallel_size)
     return layer
@@ -147,7 +168,7 @@ def vocab_parallel_embedding(dense: nn.Embedding, config, tp_rank: int):
     return layer
 
 
-class VocabParallelHead(ColumnParallelLinear):
+class VocabParallelHead(ColumnParallel):
     """Output head split over the (padded) vocabulary: forward -> this rank's logit columns [..., V/tp];
     loss -> mean CE through vocab_parallel_cross_entropy, never materialising full logits."""
 
