@@ -6,6 +6,7 @@ expert weights, parameter names).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -16,8 +17,9 @@ from torch.utils.checkpoint import checkpoint
 from pipeline.config.model import ModelConfig
 from pipeline.model.attention import document_attention_mask
 from pipeline.model.block import Block
+from pipeline.model.init import InitSpec, Shard, draw_seed, init_module, materialize
 from pipeline.model.kv_cache import DecodeCache
-from pipeline.model.moe import GroupedExperts, RouterStats
+from pipeline.model.moe import RouterStats
 from pipeline.model.norms import RMSNorm
 from pipeline.model.over_decoding import MTPModule, ProductHead, shift_labels, shift_left
 from pipeline.model.over_encoding import OverEncoding
@@ -50,43 +52,55 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 class OLMoE(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, init_seed: int | None = None):
+        """Built on the meta device, then materialised on the current default device (`with torch.device(d)`)
+        and initialised in bounded blocks (pipeline/model/init.py); under the meta device it stays a skeleton.
+        `init_seed` fixes the initial values; by default it is drawn from torch's global generator."""
         super().__init__()
         self.cfg = cfg
-        self.embed = nn.Embedding(cfg.padded_vocab_size, cfg.d_model)
-        oe = cfg.over_encoding
-        self.over_encoding = OverEncoding(oe, cfg.d_model, cfg.vocab_size, cfg.norm_eps) if oe.enabled else None
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.padded_vocab_size, bias=False)
-        od = cfg.over_decoding
-        self.mtp = nn.ModuleList(MTPModule(cfg) for _ in range(od.depth)) if od.mode == "mtp" else None
-        self.od_heads = (nn.ModuleList(ProductHead(cfg.d_model, od.head_dim, cfg.padded_vocab_size)
-                                       for _ in range(od.n - 1)) if od.mode == "product" else None)
+        self.init_seed = draw_seed() if init_seed is None else int(init_seed)
+        device = torch.get_default_device()
+        with torch.device("meta"):   # no full-size temporaries: module constructors' own inits do nothing
+            self.embed = nn.Embedding(cfg.padded_vocab_size, cfg.d_model)
+            oe = cfg.over_encoding
+            self.over_encoding = OverEncoding(oe, cfg.d_model, cfg.vocab_size, cfg.norm_eps) if oe.enabled else None
+            self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+            self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+            self.lm_head = nn.Linear(cfg.d_model, cfg.padded_vocab_size, bias=False)
+            od = cfg.over_decoding
+            self.mtp = nn.ModuleList(MTPModule(cfg) for _ in range(od.depth)) if od.mode == "mtp" else None
+            self.od_heads = (nn.ModuleList(ProductHead(cfg.d_model, od.head_dim, cfg.padded_vocab_size)
+                                           for _ in range(od.n - 1)) if od.mode == "product" else None)
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
-        self.init_weights()
+        if device.type != "meta":
+            materialize(self, device)
+            self.init_weights()
 
     @property
     def num_moe_layers(self) -> int:
         """Rows of stats['expert_counts']: trunk layers, then one per MTP module."""
         return (self.cfg.n_layers + (len(self.mtp) if self.mtp is not None else 0)) if self.cfg.is_moe else 0
 
+    def init_spec(self, name: str, param: torch.Tensor) -> InitSpec:
+        """OLMoE init: every matrix (embeddings, projections, router, stacked experts, heads) N(0, init_std)
+        truncated at 3 std; 1-D parameters are exactly the norm weights: 1; OE tables N(0, oe.init_std)."""
+        if name == "over_encoding.table":
+            return InitSpec("trunc_normal", self.cfg.over_encoding.init_std)
+        if param.dim() == 1:
+            return InitSpec("ones")
+        return InitSpec("trunc_normal", self.cfg.init_std)
+
     @torch.no_grad()
-    def init_weights(self) -> None:
-        """OLMoE init: every matrix N(0, init_std) truncated at 3 std; norms 1; OE tables N(0, oe.init_std).
-        Also recomputes buffers, so a model built on the meta device can be materialised with to_empty()."""
-        std = self.cfg.init_std
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.trunc_normal_(module.weight, 0.0, std, -3 * std, 3 * std)
-            elif isinstance(module, GroupedExperts):
-                module.reset_parameters(std)
-            elif isinstance(module, RMSNorm):
-                module.reset_parameters()
+    def init_weights(self, shard_of: Callable[[torch.Tensor], Shard | None] | None = None) -> None:
+        """(Re-)initialise every parameter from (init_seed, name, element position) and recompute buffers, so
+        a model built on the meta device can be materialised with to_empty(). `shard_of(param)` says which part
+        of the full parameter a swapped-in parallel module holds (its values are those of the same positions
+        of the single-process model)."""
+        init_module(self, self.init_spec, self.init_seed, shard_of)
+        self.reset_buffers()
+
+    def reset_buffers(self) -> None:
         if self.over_encoding is not None:
-            # the table keeps its own init (oe.init_std); the projection is a Linear, done above
-            nn.init.trunc_normal_(self.over_encoding.table, 0.0, self.cfg.over_encoding.init_std,
-                                  -3 * self.cfg.over_encoding.init_std, 3 * self.cfg.over_encoding.init_std)
             self.over_encoding.reset_buffers()
 
     def embed_inputs(self, input_ids: torch.Tensor, doc_starts: torch.Tensor | None

@@ -7,9 +7,11 @@ itself stays free of distribution.
 
 Swaps: OverEncoding -> ShardedOverEncoding (table rows split over groups.oe_group, all-to-all lookup);
 MoE -> ExpertParallelMoE when ep > 1; attention / dense MLP / embedding / head -> megatron-core
-tensor-parallel layers when tp > 1. Shards are copied from the built model, so a model built with the same
-seed as a single-process run starts identical (the equivalence tests rely on it). On the meta device the
-swap allocates nothing; materialise with to_empty() and init_weights() afterwards.
+tensor-parallel layers when tp > 1. A materialised model's shards are copied from it. A model built on the
+meta device (how the trainer builds) stays on meta through the swap, which creates only local-shard-shaped
+meta parameters; `materialize_local` then allocates on the rank's device only what the rank holds and
+initialises it to the values the same positions have in the single-process model (pipeline/model/init.py),
+so no rank ever holds a full OE table or all experts, and both routes start identical to one process.
 """
 from __future__ import annotations
 
@@ -18,13 +20,14 @@ import torch.distributed as dist
 from torch import nn
 
 from pipeline.model.attention import Attention
+from pipeline.model.init import Shard, materialize
 from pipeline.model.mlp import SwiGLU
 from pipeline.model.moe import MoE
 from pipeline.model.over_encoding import OverEncoding
 from pipeline.parallel.expert_parallel import ExpertParallelMoE
 from pipeline.parallel.precision import matmul_dtype
 from pipeline.parallel.process_groups import ParallelGroups
-from pipeline.parallel.shard_info import mark_sharded
+from pipeline.parallel.shard_info import mark_sharded, shard_info
 from pipeline.parallel.sharded_embedding import RowSharding, sharded_lookup
 
 
@@ -72,10 +75,32 @@ def parallelize(model: nn.Module, groups: ParallelGroups) -> nn.Module:
         from pipeline.parallel import tensor_parallel as tpl  # imports megatron-core's layers
         config = tpl.megatron_config(groups.tp, model.lm_head.weight.dtype)
         r = groups.tp_rank
-        _swap(model, Attention, lambda m: tpl.TensorParallelAttention(m, config, r, groups.tp_group))
-        _swap(model, SwiGLU, lambda m: tpl.TensorParallelSwiGLU(m, config, r))
-        model.embed = tpl.vocab_parallel_embedding(model.embed, config, r)
-        model.lm_head = tpl.vocab_parallel_head(model.lm_head, config, r)
+        # megatron's layers allocate with torch.empty on the default device: keep a meta model on meta
+        with torch.device("meta" if model.lm_head.weight.is_meta else torch.get_default_device()):
+            _swap(model, Attention, lambda m: tpl.TensorParallelAttention(m, config, r, groups.tp_group))
+            _swap(model, SwiGLU, lambda m: tpl.TensorParallelSwiGLU(m, config, r))
+            model.embed = tpl.vocab_parallel_embedding(model.embed, config, r)
+            model.lm_head = tpl.vocab_parallel_head(model.lm_head, config, r)
+    return model
+
+
+def local_shard(param: torch.Tensor) -> Shard | None:
+    """The part of the full parameter a (possibly swapped-in) parameter holds, for the model's init."""
+    info = shard_info(param)
+    if info is None:
+        return None
+    shape = list(param.shape)
+    shape[info.dim] = info.full_size
+    return Shard(info.dim, info.start, tuple(shape))
+
+
+@torch.no_grad()
+def materialize_local(model: nn.Module, device: torch.device | str) -> nn.Module:
+    """Allocate a meta-built (and parallelized) model's parameters on `device`, each of its local shape, and
+    initialise them from (seed, name, global position) in bounded blocks: this rank's OE rows, its experts,
+    its TP slices, each equal to the same positions of the single-process model. Buffers are recomputed."""
+    materialize(model, device)
+    model.init_weights(shard_of=local_shard)
     return model
 
 

@@ -53,7 +53,8 @@ def build_engine(model: torch.nn.Module, cfg: RunConfig, world_size: int, device
 
 
 def build_trainer(cfg: RunConfig, dist_info: DistInfo | None = None, model_factory=None) -> Trainer:
-    """`model_factory(model_cfg) -> nn.Module` defaults to pipeline.model.build_model."""
+    """`model_factory(model_cfg) -> nn.Module` defaults to pipeline.model.build_model on the meta device with
+    seed train.seed (the initial values depend on that seed only, not on the layout)."""
     if dist_info is None:
         # The layout is checked against the launcher's world size before any process-group work, so a bad
         # `parallel:` section fails at once with one line instead of after a rendezvous.
@@ -67,8 +68,12 @@ def build_trainer(cfg: RunConfig, dist_info: DistInfo | None = None, model_facto
         cfg.data, cfg.model.vocab_size, cfg.train.seed, cfg.train.global_batch_size, cfg.train.micro_batch_size,
         cfg.eval.batches, parallel.dp_rank, parallel.dp_size)
     if model_factory is None:
-        from pipeline.model import build_model as model_factory
-    model = parallel.prepare_model(model_factory(cfg.model))
+        # meta: nothing is allocated before the parallel layout says what this rank owns (prepare_model)
+        from pipeline.model import build_model
+        model = build_model(cfg.model, device="meta", seed=cfg.train.seed)
+    else:
+        model = model_factory(cfg.model)   # materialised (shards copied) or on meta (materialised per rank)
+    model = parallel.prepare_model(model)
     engine = build_engine(model, cfg, parallel.dp_size, dist_info.device, parallel)
     trainer = Trainer(cfg, dist_info, engine, train_data, build_callbacks(cfg, dist_info, parallel, val_data),
                       external=parallel.external, config_yaml=run_config_to_yaml(cfg))

@@ -94,11 +94,18 @@ class ParallelRun:
         self.external: ExternalParams | None = None
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
-        """Parallelize, mark tp shards for DeepSpeed, and take the sharded parameters out of the module."""
+        """Parallelize, mark tp shards for DeepSpeed, and take the sharded parameters out of the module.
+        A model built on the meta device is materialised here, on this rank's device, holding only what the
+        rank owns (its OE rows, experts, TP slices; the replicated dense part whole, also under ZeRO-3, which
+        partitions it at deepspeed.initialize), initialised to the single-process values in bounded blocks."""
         g = self.groups
+        on_meta = any(p.is_meta for p in model.parameters())
         if g is not None:
             from pipeline.parallel.parallelize import parallelize
             parallelize(model, g)
+        if on_meta:
+            from pipeline.parallel.parallelize import materialize_local
+            materialize_local(model, self.dist.device)
         if self.tp > 1:
             self._mark_tensor_parallel(model)
         params: list[ExternalParam] = []
