@@ -23,7 +23,8 @@ from pipeline.config.model import load_model_config
 from pipeline.model import build_model
 from pipeline.model.flops import (attention_flops_per_token, forward_flops_per_token,
                                   param_counts, training_flops_per_token)
-from pipeline.model.memory import PRECISION_RULES, TERM_NAMES, Layout, memory_breakdown, per_rank_bytes
+from pipeline.model.memory import (PRECISION_RULES, TERM_NAMES, Layout, deepspeed_buffer_bytes, memory_breakdown,
+                                   per_rank_bytes)
 
 
 def meta_counts(model) -> dict[str, int]:
@@ -45,7 +46,9 @@ def meta_counts(model) -> dict[str, int]:
 
 def inspect_config(cfg, layout: Layout | None = None, param_dtype: str = "bf16", zero_stage: int = 1,
                    seq_len: int | None = None, table_optimizer: str = "adamw", oe_shard_group: str = "dp",
-                   tokens_per_rank_step: int | None = None) -> dict:
+                   tokens_per_rank_step: int | None = None, zero_config: dict | None = None) -> dict:
+    """`zero_config`: the DeepSpeed JSON's zero_optimization section (sizes ZeRO-3's fixed reduce bucket;
+    None: DeepSpeed's defaults)."""
     counts = param_counts(cfg)
     model = build_model(cfg, device="meta")
     real = meta_counts(model)
@@ -76,7 +79,8 @@ def inspect_config(cfg, layout: Layout | None = None, param_dtype: str = "bf16",
         report["layout"] = {"dp": layout.dp, "tp": layout.tp, "ep": layout.ep, "param_dtype": param_dtype,
                             "zero_stage": zero_stage, "table_optimizer": table_optimizer,
                             "oe_shard_group": oe_shard_group, "tokens_per_rank_step": tokens_per_rank_step}
-        report["per_rank_bytes"] = per_rank_bytes(*memory)
+        buffers = deepspeed_buffer_bytes(zero_stage, zero_config, param_dtype)
+        report["per_rank_bytes"] = per_rank_bytes(*memory, buffer_bytes=buffers)
         report["memory_by_kind"] = memory_breakdown(*memory)
     return report
 
@@ -85,7 +89,7 @@ def inspect_run_config(path: str, overrides: list[str], world: int | None, layou
                        param_dtype: str | None = None, zero_stage: int | None = None) -> dict:
     """The run's layout (tp, ep from `parallel:`, dp = world / tp), precision, ZeRO stage and batch."""
     from pipeline.config.run import load_run_config
-    from pipeline.train.deepspeed_config import gradient_accumulation_steps
+    from pipeline.train.deepspeed_config import build_deepspeed_config, gradient_accumulation_steps
     from pipeline.train.parallel_run import check_run_layout
 
     try:
@@ -107,11 +111,12 @@ def inspect_run_config(path: str, overrides: list[str], world: int | None, layou
     check_run_layout(cfg, world)                       # the trainer's own layout checks, one line each
     dp = world // par.tp
     accum = gradient_accumulation_steps(cfg, dp)       # global batch must tile micro batch x dp
+    zero_config = build_deepspeed_config(cfg, dp)["zero_optimization"]   # the user JSON merged, as in training
     precision = param_dtype or cfg.deepspeed.precision
     zero = cfg.deepspeed.zero_stage if zero_stage is None else zero_stage
     tokens = cfg.train.global_batch_size * cfg.data.seq_len // dp
     report = inspect_config(cfg.model, Layout(dp=dp, tp=par.tp, ep=par.ep), precision, zero, cfg.data.seq_len,
-                            par.table_optimizer, par.oe_shard_group, tokens)
+                            par.table_optimizer, par.oe_shard_group, tokens, zero_config)
     report["run"] = {"config": str(path), "world": world, "micro_batch_size": cfg.train.micro_batch_size,
                      "global_batch_size": cfg.train.global_batch_size, "gradient_accumulation_steps": accum,
                      "seq_len": cfg.data.seq_len}
@@ -147,6 +152,8 @@ def print_memory(r: dict) -> None:
     if tables and tables["sparse_grad_bytes"] is not None:
         print(f"  (OE table peak includes the sparse gradient bound: {tables['sparse_grad_bytes'] / 2**30:.2f} GiB)")
     b = r["per_rank_bytes"]
+    if b["deepspeed_buffers"]:
+        print(f"  {'DeepSpeed fixed buffers':<30} {b['deepspeed_buffers'] / 2**30:.2f} GiB (ZeRO-3 reduce bucket)")
     print(f"  {'total held / peak':<30} {b['held'] / 2**30:.2f} / {b['total'] / 2**30:.2f} GiB")
 
 

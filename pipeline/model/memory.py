@@ -10,10 +10,16 @@ OUTSIDE DeepSpeed, so ZeRO never partitions them.
 Bytes per parameter come from PRECISION_RULES: one Term per tensor a parameter costs, with the ZeRO stages at
 which it exists and at which DeepSpeed partitions it over the data-parallel replicas, and whether it is held
 between optimizer steps ("held") or only from the forward/backward to the step ("transient"; the peak adds
-it). The rules are read off DeepSpeed 0.19 (runtime/zero/stage_1_and_2.py, stage3.py, bf16_optimizer.py):
+it). The rules are read off DeepSpeed 0.19 (runtime/zero/stage_1_and_2.py, stage3.py, bf16_optimizer.py)
+and checked against the tensors a trainer run really holds (bench/gpu_check_memory.py; on CPU at world 1
+and 2, ZeRO 0-3):
 - ZeRO-1/2 keep a flat fp32 clone of their partition (`single_partition_of_fp32_groups`) even when the
-  module weights are fp32 already; ZeRO-3 steps its fp32 partition in place (no clone).
-- ZeRO-0/1 gradients are full-size; ZeRO-2/3 reduce them bucket by bucket into a partitioned buffer.
+  module weights are fp32 already; so does ZeRO-3 (its `fp32_partitioned_groups_flat` was measured to be a
+  separate storage although stage3.py means to share it under autocast).
+- ZeRO-0/1 gradients are full-size and freed after the step; ZeRO-2 reduces them bucket by bucket into a
+  partition freed after the step; ZeRO-3 keeps a persistent fp32 gradient partition
+  (`grad_partitions_flat_buffer`) and, with contiguous_gradients (its default), one reduce bucket of
+  reduce_bucket_size elements (default 5e8: 2 GB in fp32) whatever the model size (`deepspeed_buffer_bytes`).
 - "bf16" is what the trainer uses (deepspeed.precision: bf16 = DeepSpeed's torch_autocast, see
   pipeline/train/deepspeed_config.py): every weight, gradient and optimizer state stays fp32; matmuls run in
   bf16, and the bf16 copy autocast makes of each weight is saved for the backward (transient, 2 B; ZeRO-3
@@ -77,9 +83,10 @@ class Term:
 
 
 _ENGINE_FP32 = (Term("weights", 4, partitioned=frozenset({3})),
-                Term("master", 4, exists=frozenset({1, 2}), partitioned=frozenset({1, 2})),
+                Term("master", 4, exists=frozenset({1, 2, 3}), partitioned=frozenset({1, 2, 3})),
                 Term("optimizer", 8, partitioned=frozenset({1, 2, 3})),
-                Term("grads", 4, partitioned=frozenset({2, 3}), transient=True))
+                Term("grads", 4, exists=frozenset({0, 1, 2}), partitioned=frozenset({2}), transient=True),
+                Term("grads", 4, exists=frozenset({3}), partitioned=frozenset({3})))
 PRECISION_RULES: dict[str, tuple[Term, ...]] = {
     "fp32": _ENGINE_FP32,
     "bf16": _ENGINE_FP32 + (Term("bf16_copies", 2, transient=True),),
@@ -100,27 +107,35 @@ def check_precision(precision: str, zero_stage: int) -> None:
         raise ConfigError(f"zero_stage: {zero_stage} is not 0, 1, 2 or 3")
 
 
-def bytes_per_parameter(kind: str, precision: str, zero_stage: int, replicas: int) -> dict[str, float]:
+def bytes_per_parameter(kind: str, precision: str, zero_stage: int, replicas: int,
+                        held_only: bool = False) -> dict[str, float]:
     """Bytes this rank holds per parameter it owns a copy of, by term. kind: "engine" (inside DeepSpeed,
-    ZeRO-partitioned over `replicas`), "experts" / "oe_table" (outside DeepSpeed: never partitioned)."""
+    ZeRO-partitioned over `replicas`), "experts" / "oe_table" (outside DeepSpeed: never partitioned).
+    held_only: only the terms held between optimizer steps."""
     check_precision(precision, zero_stage)
     out = dict.fromkeys(TERM_NAMES, 0.0)
     if kind == "engine":
         for t in PRECISION_RULES[precision]:
-            if zero_stage in t.exists:
+            if zero_stage in t.exists and not (held_only and t.transient):
                 out[t.name] += t.nbytes / (replicas if zero_stage in t.partitioned else 1)
         return out
     for t in EXTERNAL_RULE:
-        out[t.name] += t.nbytes
-    if kind == "experts" and precision != "fp32":
+        if not (held_only and t.transient):
+            out[t.name] += t.nbytes
+    if kind == "experts" and precision != "fp32" and not held_only:
         out["bf16_copies"] = 2.0       # the grouped GEMM's bf16 cast of the local experts, saved for backward
     return out
 
 
-def _held(per_param: dict[str, float], precision: str, kind: str) -> float:
-    transient = {t.name for t in (PRECISION_RULES[precision] if kind == "engine" else EXTERNAL_RULE)
-                 if t.transient} | {"bf16_copies"}
-    return sum(v for k, v in per_param.items() if k not in transient)
+def deepspeed_buffer_bytes(zero_stage: int, zero_config: dict | None = None, precision: str = "bf16") -> int:
+    """Fixed-size buffers DeepSpeed holds whatever the model size: ZeRO-3's reduce bucket (contiguous_gradients,
+    its default) of reduce_bucket_size elements in the module weights' dtype. ZeRO-0/1/2 hold none between
+    steps (measured). `zero_config`: the DeepSpeed JSON's zero_optimization section."""
+    z = zero_config or {}
+    if zero_stage != 3 or not z.get("contiguous_gradients", True):
+        return 0
+    weight_bytes = next(t.nbytes for t in PRECISION_RULES[precision] if t.name == "weights")
+    return int(float(z.get("reduce_bucket_size", 5e8))) * weight_bytes
 
 
 def memory_breakdown(cfg: ModelConfig, layout: Layout, precision: str = "bf16", zero_stage: int = 1,
@@ -152,7 +167,7 @@ def memory_breakdown(cfg: ModelConfig, layout: Layout, precision: str = "bf16", 
                 width = cfg.d_model // oe.num_tables
                 rows = min(n_local / width, tokens_per_rank_step * oe.num_tables)
                 sparse = rows * (4 * width + 8)
-        held = _held(per, precision, kind) * n_local
+        held = sum(bytes_per_parameter(kind, precision, zero_stage, replicas, held_only=True).values()) * n_local
         peak = sum(per.values()) * n_local + (sparse or 0.0)
         out[name] = {"params": n_local, "placement": "deepspeed" if kind == "engine" else "outside deepspeed",
                      "replicas_partitioned_over": replicas if kind == "engine" else 1,
@@ -163,9 +178,10 @@ def memory_breakdown(cfg: ModelConfig, layout: Layout, precision: str = "bf16", 
 
 def per_rank_bytes(cfg: ModelConfig, layout: Layout, param_dtype: str = "bf16", zero_stage: int = 1,
                    table_optimizer: str = "adamw", oe_shard_group: str = "dp",
-                   tokens_per_rank_step: int | None = None) -> dict[str, int]:
+                   tokens_per_rank_step: int | None = None, buffer_bytes: int = 0) -> dict[str, int]:
     """Flat per-rank totals: each term summed over the parameter kinds; `held` (between steps), `total`
-    (the training peak without activations = held + transient) and the local OE table weights."""
+    (the training peak without activations = held + transient) and the local OE table weights.
+    `buffer_bytes` (deepspeed_buffer_bytes) is added to both as `deepspeed_buffers`."""
     parts = memory_breakdown(cfg, layout, param_dtype, zero_stage, table_optimizer, oe_shard_group,
                              tokens_per_rank_step)
     out = {name: 0.0 for name in TERM_NAMES}
@@ -176,6 +192,7 @@ def per_rank_bytes(cfg: ModelConfig, layout: Layout, param_dtype: str = "bf16", 
     out["params"] = out.pop("weights")
     tables = parts.get("oe_tables")
     out["oe_tables_params"] = tables["bytes_per_param"]["weights"] * tables["params"] if tables else 0.0
-    out["held"] = sum(p["held_bytes"] for p in parts.values())
-    out["total"] = sum(p["peak_bytes"] for p in parts.values())
+    out["deepspeed_buffers"] = float(buffer_bytes)
+    out["held"] = sum(p["held_bytes"] for p in parts.values()) + buffer_bytes
+    out["total"] = sum(p["peak_bytes"] for p in parts.values()) + buffer_bytes
     return {key: int(round(value)) for key, value in out.items()}

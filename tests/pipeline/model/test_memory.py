@@ -8,7 +8,8 @@ import pytest
 from pipeline.config.base import ConfigError
 from pipeline.config.model import load_model_config
 from pipeline.model.flops import param_counts
-from pipeline.model.memory import Layout, bytes_per_parameter, memory_breakdown, per_rank_bytes
+from pipeline.model.memory import (Layout, bytes_per_parameter, deepspeed_buffer_bytes, memory_breakdown,
+                                   per_rank_bytes)
 
 TINY = load_model_config("configs/model/tiny-olmoe-oe.yaml")
 C = param_counts(TINY)
@@ -44,7 +45,12 @@ def test_expert_shards_outside_deepspeed_are_never_partitioned():
 
 def test_zero3_partitions_weights_but_not_the_autocast_copies():
     per = bytes_per_parameter("engine", "bf16", 3, replicas=4)
-    assert per == {"weights": 1, "master": 0, "optimizer": 2, "grad_accum": 0, "grads": 1, "bf16_copies": 2}
+    assert per == {"weights": 1, "master": 1, "optimizer": 2, "grad_accum": 0, "grads": 1, "bf16_copies": 2}
+    held = bytes_per_parameter("engine", "bf16", 3, replicas=4, held_only=True)
+    assert held["grads"] == 1 and held["bf16_copies"] == 0    # ZeRO-3's gradient partition is persistent
+    assert deepspeed_buffer_bytes(3) == 2 * 10**9              # reduce bucket: 5e8 fp32 elements
+    assert deepspeed_buffer_bytes(3, {"reduce_bucket_size": 1000}, "bf16-master-weights") == 2000
+    assert deepspeed_buffer_bytes(2) == deepspeed_buffer_bytes(3, {"contiguous_gradients": False}) == 0
 
 
 def test_bf16_master_weights_rule_for_comparison():
