@@ -155,6 +155,7 @@ def print_memory(r: dict) -> None:
     if b["deepspeed_buffers"]:
         print(f"  {'DeepSpeed fixed buffers':<30} {b['deepspeed_buffers'] / 2**30:.2f} GiB (ZeRO-3 reduce bucket)")
     print(f"  {'total held / peak':<30} {b['held'] / 2**30:.2f} / {b['total'] / 2**30:.2f} GiB")
+    print(f"  {'start-up peak':<30} {b['startup_peak'] / 2**30:.2f} GiB (own shards only, init in blocks)")
 
 
 def print_report(r: dict) -> None:

@@ -38,8 +38,10 @@ from dataclasses import dataclass
 from pipeline.config.base import ConfigError
 from pipeline.config.model import ModelConfig
 from pipeline.model.flops import param_counts
+from pipeline.model.init import BLOCK
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2}
+INIT_BLOCK_BYTES = BLOCK * 4      # the start-up init's largest temporary: one block of fp32 values
 ALL_STAGES = frozenset({0, 1, 2, 3})
 
 
@@ -176,11 +178,27 @@ def memory_breakdown(cfg: ModelConfig, layout: Layout, precision: str = "bf16", 
     return out
 
 
+def startup_peak_bytes(parts: dict[str, dict], precision: str, zero_stage: int, held: float) -> float:
+    """Peak of the start-up (build_trainer), an upper bound. Each rank materialises only what it holds
+    (pipeline/parallel/parallelize.py materialize_local: its OE rows, experts, TP slices), initialised one
+    block at a time, so before deepspeed.initialize it holds the weights of its own parameters, the engine's
+    whole (also at ZeRO-3: deepspeed.zero.Init is not used, the table and ep > 1 experts never enter the
+    engine). initialize then briefly holds the engine's weights twice at ZeRO-1/2 (it flattens them into one
+    buffer) before the partitioned state of `held` is built. Peak = max(that, held) + one init block."""
+    weight = next(t.nbytes for t in PRECISION_RULES[precision] if t.name == "weights")
+    engine = weight * sum(p["params"] for p in parts.values() if p["placement"] == "deepspeed")
+    external = sum(p["bytes_per_param"]["weights"] * p["params"] for p in parts.values()
+                   if p["placement"] != "deepspeed")
+    before_partition = external + engine * (2 if zero_stage in (1, 2) else 1)
+    return max(held, before_partition) + INIT_BLOCK_BYTES
+
+
 def per_rank_bytes(cfg: ModelConfig, layout: Layout, param_dtype: str = "bf16", zero_stage: int = 1,
                    table_optimizer: str = "adamw", oe_shard_group: str = "dp",
                    tokens_per_rank_step: int | None = None, buffer_bytes: int = 0) -> dict[str, int]:
     """Flat per-rank totals: each term summed over the parameter kinds; `held` (between steps), `total`
-    (the training peak without activations = held + transient) and the local OE table weights.
+    (the training peak without activations = held + transient), `startup_peak` (startup_peak_bytes) and the
+    local OE table weights.
     `buffer_bytes` (deepspeed_buffer_bytes) is added to both as `deepspeed_buffers`."""
     parts = memory_breakdown(cfg, layout, param_dtype, zero_stage, table_optimizer, oe_shard_group,
                              tokens_per_rank_step)
@@ -195,4 +213,5 @@ def per_rank_bytes(cfg: ModelConfig, layout: Layout, param_dtype: str = "bf16", 
     out["deepspeed_buffers"] = float(buffer_bytes)
     out["held"] = sum(p["held_bytes"] for p in parts.values()) + buffer_bytes
     out["total"] = sum(p["peak_bytes"] for p in parts.values()) + buffer_bytes
+    out["startup_peak"] = startup_peak_bytes(parts, param_dtype, zero_stage, out["held"])
     return {key: int(round(value)) for key, value in out.items()}
