@@ -113,8 +113,8 @@ def install() -> None:
 
     _build_model = pipeline.model.build_model
 
-    def build_model(cfg):
-        model = _build_model(cfg)
+    def build_model(cfg, *args, **kwargs):
+        model = _build_model(cfg, *args, **kwargs)
 
         def nan_loss(module, args, kwargs, output):
             if ACTIVE and module.training and STATE["in_train"] and STATE["step"] in NAN_STEPS:
