@@ -60,14 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.data.loader import DataMismatchError
     from pipeline.train.bad_steps import TrainingDivergedError
     from pipeline.train.checkpoint import CheckpointWriteError
+    from pipeline.train.checkpoint_manifest import CheckpointDamaged
     from pipeline.train.checkpoint_safety import UnsafeCheckpointError
+    from pipeline.train.run_lock import RunDirLocked
 
     try:
         cfg = load_run_config(args.config, args.overrides)
         from pipeline.train.build import build_trainer
 
         trainer = build_trainer(cfg)
-    except (ConfigError, ShardError, DataMismatchError, FileNotFoundError, UnsafeCheckpointError) as e:
+    except (ConfigError, ShardError, DataMismatchError, FileNotFoundError, UnsafeCheckpointError, CheckpointDamaged,
+            RunDirLocked) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
     import torch.distributed as dist

@@ -28,7 +28,9 @@ class DataConfig:
     path: str = ""                      # data_prep output folder holding manifest.json
     seq_len: int = 2048                 # tokens per packed training sequence
     train_split: str = "train"
-    val_split: str = "val"
+    # Must exist in the manifest, like train_split. null = train without validation data, allowed only with
+    # validation off (eval.every=0, eval.at_end=false): a missing split never silently means "no validation".
+    val_split: str | None = "val"
     # "full": every shard's sha256 is checked at start (a flipped byte is caught before training reads it;
     # costs one read of the data per rank); "size": sizes and index structure only (fast, misses bit flips)
     verify: Literal["size", "full"] = "full"
@@ -45,9 +47,13 @@ class TrainConfig:
     global_batch_size: int = 8          # sequences per optimizer step, summed over data-parallel ranks
     micro_batch_size: int = 4           # sequences per forward pass per rank
     seed: int = 0                       # model init and the data order
-    resume: str = "auto"                # "auto" (latest in run_dir if any) | "never" | a checkpoint folder
+    # "auto": the latest intact checkpoint in run_dir, if any; "never": a fresh run (refused when run_dir
+    # already holds checkpoints); "restart": delete run_dir's checkpoints and start over; else a checkpoint
+    # folder. What may change on resume: pipeline/train/resume_rules.py.
+    resume: str = "auto"
     hard_stop_step: int | None = None   # stop (checkpointing) at this step without changing the schedule
     max_bad_steps: int = 5              # stop after this many consecutive steps with a NaN/Inf loss (each skipped)
+    lock_stale_s: float = 300.0         # a run_dir lock of another host with no heartbeat this long is stale
 
     def validate(self) -> None:
         check(self.max_steps >= 1, "max_steps", f"must be >= 1, got {self.max_steps}")
@@ -57,6 +63,8 @@ class TrainConfig:
         check(self.hard_stop_step is None or self.hard_stop_step >= 1, "hard_stop_step",
               f"must be >= 1, got {self.hard_stop_step}")
         check(self.max_bad_steps >= 1, "max_bad_steps", f"must be >= 1, got {self.max_bad_steps}")
+        check(self.lock_stale_s > 0, "lock_stale_s", f"must be > 0 seconds, got {self.lock_stale_s}")
+        check(bool(self.resume), "resume", "must be auto, never, restart or a checkpoint folder")
 
 
 @dataclass
@@ -187,6 +195,15 @@ class RunConfig:
         # model run at start-up (pipeline/train/parallel_run.py).
         check(not (self.parallel.ep > 1 and self.deepspeed.zero_stage == 3), "parallel.ep",
               f"expert parallelism (ep={self.parallel.ep}) with deepspeed.zero_stage=3 is not supported; use zero_stage 0-2")
+        # Sections that must agree with each other. RoPE and the KV cache are sized by model.max_seq_len; a
+        # training window longer than that would train positions the model config says it never sees.
+        check(self.data.seq_len <= self.model.max_seq_len, "data.seq_len",
+              f"{self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}: lower data.seq_len or "
+              f"raise model.max_seq_len")
+        wants_val = [k for k, on in (("eval.every", self.eval.every > 0), ("eval.at_end", self.eval.at_end)) if on]
+        check(self.data.val_split is not None or not wants_val, "data.val_split",
+              f"null (no validation data) but {' and '.join(wants_val)} ask for validation: name the manifest's "
+              f"validation split, or set eval.every=0 eval.at_end=false")
         # A decay shorter than the warm-up is allowed: such a (short) run simply never leaves the warm-up.
 
 

@@ -11,13 +11,15 @@ from pipeline.config.run import RunConfig, run_config_to_yaml
 from pipeline.data.loader import build_loaders
 from pipeline.train.bad_steps import SkippableAdamW
 from pipeline.train.callbacks import CheckpointCallback, MetricsCallback, SpeedCallback, ValidationCallback
-from pipeline.train.checkpoint import resolve_resume_path
+from pipeline.train.callbacks.run_lock import RunLockCallback
 from pipeline.train.deepspeed_config import build_deepspeed_config
 from pipeline.train.distributed import DistInfo, init_distributed, populate_env
 from pipeline.train.lr_schedule import WarmupDecaySchedule
 from pipeline.train.parallel_run import ParallelRun, check_run_layout
 from pipeline.train.param_groups import build_param_groups
+from pipeline.train.resume import precheck_resume, resume_trainer, start_over
 from pipeline.train.rng_state import seed_everything
+from pipeline.train.run_lock import RunLock
 from pipeline.train.trainer import Trainer
 
 
@@ -56,10 +58,29 @@ def build_trainer(cfg: RunConfig, dist_info: DistInfo | None = None, model_facto
     """`model_factory(model_cfg) -> nn.Module` defaults to pipeline.model.build_model on the meta device with
     seed train.seed (the initial values depend on that seed only, not on the layout)."""
     if dist_info is None:
-        # The layout is checked against the launcher's world size before any process-group work, so a bad
-        # `parallel:` section fails at once with one line instead of after a rendezvous.
+        # The layout, the run_dir lock and the resume rules are checked on every rank before any process-group
+        # work, so a bad `parallel:` section, a second job in run_dir or a resume that would change the model
+        # fails at once with one line instead of after a rendezvous.
         populate_env()
-        check_run_layout(cfg, int(os.environ["WORLD_SIZE"]))
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        check_run_layout(cfg, world)
+    else:
+        rank, world = dist_info.rank, dist_info.world_size
+    lock = RunLock(cfg.run_dir, rank, cfg.train.lock_stale_s)
+    lock.acquire()   # before anything in run_dir is read, written or deleted
+    try:
+        return _build(cfg, dist_info, model_factory, rank, world, lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _build(cfg: RunConfig, dist_info: DistInfo | None, model_factory, rank: int, world: int,
+           lock: RunLock) -> Trainer:
+    precheck_resume(cfg, world)
+    if cfg.train.resume == "restart" and rank == 0:
+        start_over(cfg)
+    if dist_info is None:
         dist_info = init_distributed(cfg.deepspeed.backend, cfg.deepspeed.timeout_s)
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)  # our console line replaces its INFO chatter
     seed_everything(cfg.train.seed)
@@ -75,26 +96,24 @@ def build_trainer(cfg: RunConfig, dist_info: DistInfo | None = None, model_facto
         model = model_factory(cfg.model)   # materialised (shards copied) or on meta (materialised per rank)
     model = parallel.prepare_model(model)
     engine = build_engine(model, cfg, parallel.dp_size, dist_info.device, parallel)
-    trainer = Trainer(cfg, dist_info, engine, train_data, build_callbacks(cfg, dist_info, parallel, val_data),
+    trainer = Trainer(cfg, dist_info, engine, train_data, build_callbacks(cfg, dist_info, parallel, val_data, lock),
                       external=parallel.external, config_yaml=run_config_to_yaml(cfg))
-    ckpt = resolve_resume_path(cfg.train.resume, cfg.run_dir)
-    if ckpt is not None:
-        trainer.resume_from(ckpt)
-        if dist_info.rank == 0:
-            print(f"resumed from {ckpt} at step {trainer.step}", flush=True)
+    ckpt = resume_trainer(trainer, cfg, world, rank)
+    if ckpt is not None and rank == 0:
+        print(f"resumed from {ckpt} at step {trainer.step}", flush=True)
     if dist_info.rank == 0:
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
     return trainer
 
 
-def build_callbacks(cfg: RunConfig, dist_info: DistInfo, parallel: ParallelRun, val_data) -> list:
+def build_callbacks(cfg: RunConfig, dist_info: DistInfo, parallel: ParallelRun, val_data, lock: RunLock) -> list:
     """The run's callbacks; the Trainer orders them by priority (speed, validation, zero-shot eval, metrics,
-    checkpoint)."""
+    checkpoint, and last the run_dir lock's release)."""
     callbacks = [SpeedCallback(cfg.train.global_batch_size * cfg.data.seq_len, _flops_per_token(cfg),
                                cfg.log.peak_flops_per_device, dist_info.world_size),
                  ValidationCallback(val_data, cfg.eval.every, cfg.eval.at_end),
                  MetricsCallback(cfg.run_dir, cfg.log.tensorboard, cfg.log.histogram_every, dist_info.rank),
-                 CheckpointCallback(cfg.checkpoint.every, cfg.checkpoint.save_at_end)]
+                 CheckpointCallback(cfg.checkpoint.every, cfg.checkpoint.save_at_end), RunLockCallback(lock)]
     if cfg.eval.downstream_every:
         callbacks.append(_downstream_callback(cfg, dist_info.rank, parallel))
     return callbacks

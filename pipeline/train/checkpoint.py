@@ -7,10 +7,12 @@ Layout of one checkpoint:
     step_N/rng/rank_R.pt     every RNG of rank R (torch.save of tensors/ints only: loaded weights_only)
     step_N/trainer_state.json step, data-loader position, data identity, world size (plain JSON)
     step_N/config.yaml       the resolved run config
+    step_N/checksums.json    size and sha256 of every file above (written last)
 Every rank writes into checkpoints/.tmp_step_N; once all have finished, rank 0 renames it to step_N (an
 atomic rename, so a half-written checkpoint never carries a step_N name) and then rewrites `latest`.
-Resume reads `latest`, or, if the process died between the rename and the pointer update, the newest
-complete step_N. Our own files are JSON/YAML or weights_only tensors; DeepSpeed's own files go through
+Every file is covered by checksums.json (pipeline/train/checkpoint_manifest.py), written last inside the
+folder. Resume tries `latest` (or, if the process died between the rename and the pointer update, the newest
+complete step_N), and falls back to older complete ones when a newer one fails its checksums. Our own files are JSON/YAML or weights_only tensors; DeepSpeed's own files go through
 DeepSpeed's loader only after a static scan of their pickles (pipeline/train/checkpoint_safety.py).
 A failed write (disk full, read-only folder) ends on every rank with CheckpointWriteError: the partial folder
 is removed and `latest` still names the previous complete checkpoint.
@@ -26,13 +28,14 @@ import torch
 import torch.distributed as dist
 
 from pipeline.data.atomic_io import atomic_write_bytes, fsync_dir
+from pipeline.train.checkpoint_manifest import MANIFEST, write_manifest
 from pipeline.train.checkpoint_safety import check_checkpoint_is_safe
 from pipeline.train.rng_state import capture_rng_state, restore_rng_state
 
 DS_TAG = "model"                    # DeepSpeed's folder (its checkpoint tag)
 EXTERNAL_DIR = "external"           # parameters kept outside DeepSpeed, one sub-folder per parameter
 RNG_DIR = "rng"
-STATE_FILE = "trainer_state.json"   # written last: its presence marks a complete checkpoint
+STATE_FILE = "trainer_state.json"
 CONFIG_FILE = "config.yaml"
 LATEST = "latest"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -92,7 +95,7 @@ def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
     if root.is_dir():
         for d in root.iterdir():
             m = _STEP_DIR.match(d.name)
-            if m and (d / STATE_FILE).is_file():
+            if m and (d / MANIFEST).is_file():
                 found.append((int(m.group(1)), d))
     return sorted(found)
 
@@ -127,10 +130,14 @@ def save_checkpoint(engine, run_dir: str | Path, step: int, trainer_state: dict,
     if rank == 0:
         try:
             (tmp / CONFIG_FILE).write_text(config_yaml)
-            # Written last inside the folder: its presence marks a complete checkpoint.
             atomic_write_bytes(tmp / STATE_FILE, json.dumps(trainer_state, indent=1).encode())
         except OSError as e:
             error = e
+    _agree_written(error, tmp, step)
+    try:
+        write_manifest(tmp)   # collective; written last: it covers every file above
+    except OSError as e:
+        error = e
     _agree_written(error, tmp, step)
     if rank == 0:
         if final.exists():  # re-saving a step after a resume from an earlier checkpoint
@@ -147,26 +154,31 @@ def save_checkpoint(engine, run_dir: str | Path, step: int, trainer_state: dict,
 
 
 def find_latest_checkpoint(run_dir: str | Path) -> Path | None:
+    candidates = resume_candidates("auto", run_dir)
+    return candidates[0] if candidates else None
+
+
+def resume_candidates(resume: str, run_dir: str | Path) -> list[Path]:
+    """train.resume -> the checkpoints to try, in order. "auto": `latest`, then every other complete step_N
+    newest first (the fallbacks when the newer ones are damaged); "never"/"restart": none; a folder: it alone."""
+    if resume in ("never", "restart"):
+        return []
+    if resume != "auto":
+        path = Path(resume)
+        if not (path / MANIFEST).is_file():
+            raise FileNotFoundError(f"train.resume: {path} is not a complete checkpoint (no {MANIFEST})")
+        return [path]
     root = checkpoint_root(run_dir)
+    ordered = [d for _, d in reversed(complete_checkpoints(root))]
     pointer = root / LATEST
-    if pointer.is_file():
-        target = root / pointer.read_text().strip()
-        if (target / STATE_FILE).is_file():
-            return target
-    complete = complete_checkpoints(root)
-    return complete[-1][1] if complete else None
-
-
-def resolve_resume_path(resume: str, run_dir: str | Path) -> Path | None:
-    """train.resume: "auto" -> latest in run_dir (None on a fresh run); "never" -> None; else a folder."""
-    if resume == "never":
-        return None
-    if resume == "auto":
-        return find_latest_checkpoint(run_dir)
-    path = Path(resume)
-    if not (path / STATE_FILE).is_file():
-        raise FileNotFoundError(f"train.resume: {path} is not a complete checkpoint (no {STATE_FILE})")
-    return path
+    try:
+        target = root / pointer.read_text().strip() if pointer.is_file() else None
+    except (OSError, UnicodeDecodeError):
+        target = None   # a damaged pointer: the newest complete folder is the latest
+    if target is not None and target in ordered:
+        ordered.remove(target)
+        ordered.insert(0, target)
+    return ordered
 
 
 def read_trainer_state(ckpt: Path) -> dict:

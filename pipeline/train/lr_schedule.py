@@ -45,8 +45,9 @@ class WarmupDecaySchedule(torch.optim.lr_scheduler.LRScheduler):
                 "_last_lr": list(getattr(self, "_last_lr", []))}
 
     def load_state_dict(self, state: dict) -> None:
+        # Only the position is restored: the peak lrs and the shape come from this run's config, so an lr
+        # or schedule change given on resume takes effect (pipeline/train/resume_rules.py prints it).
         self.last_epoch = int(state["last_epoch"])
-        self.base_lrs = [float(x) for x in state["base_lrs"]]
         self.apply()
 
     def apply(self) -> None:

@@ -97,6 +97,17 @@ class _RunsCode:
         return exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",)
 
 
+def _rehash(step_dir, target: str) -> None:
+    import hashlib
+    import json
+
+    from pipeline.train.checkpoint_manifest import MANIFEST
+    manifest = json.loads((step_dir / MANIFEST).read_text())
+    data = (step_dir / target).read_bytes()
+    manifest["files"][target] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (step_dir / MANIFEST).write_text(json.dumps(manifest))
+
+
 @pytest.fixture
 def evil_checkpoint(straight_run, tmp_path):
     run_dir = tmp_path / "run"
@@ -120,6 +131,8 @@ def test_malicious_checkpoint_is_rejected_without_running_code(shards, evil_chec
         torch.load(path, weights_only=False)
     assert marker.read_text() == "pwned"
     marker.unlink()
+    # A careful attacker also rewrites the checksum manifest, so the pickle scan is what must refuse it.
+    _rehash(step_dir, target)
 
     proc = drive(run_args(shards, run_dir, "train.max_steps=10"))
     assert proc.returncode == 2, proc.stderr[-3000:]

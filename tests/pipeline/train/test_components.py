@@ -8,7 +8,8 @@ import torch
 
 from pipeline.config.base import ConfigError
 from pipeline.config.run import OptimConfig, ScheduleConfig, load_run_config
-from pipeline.train.checkpoint import LATEST, STATE_FILE, find_latest_checkpoint, resolve_resume_path
+from pipeline.train.checkpoint import LATEST, find_latest_checkpoint, resume_candidates
+from pipeline.train.checkpoint_manifest import MANIFEST
 from pipeline.train.deepspeed_config import build_deepspeed_config
 from pipeline.train.lr_schedule import WarmupDecaySchedule, lr_factor
 from pipeline.train.param_groups import build_param_groups
@@ -111,15 +112,16 @@ def test_run_config_model_reference_and_overrides():
 
 def test_latest_checkpoint_ignores_partial_writes(tmp_path):
     root = tmp_path / "checkpoints"
-    assert find_latest_checkpoint(tmp_path) is None and resolve_resume_path("auto", tmp_path) is None
+    assert find_latest_checkpoint(tmp_path) is None and resume_candidates("auto", tmp_path) == []
     for step in (2, 4):
         (root / f"step_{step}").mkdir(parents=True)
-        (root / f"step_{step}" / STATE_FILE).write_text("{}")
+        (root / f"step_{step}" / MANIFEST).write_text("{}")
     (root / ".tmp_step_6").mkdir()                  # killed while saving
-    (root / "step_8").mkdir()                       # no state file: never complete
+    (root / "step_8").mkdir()                       # no manifest: never complete
     assert find_latest_checkpoint(tmp_path) == root / "step_4"      # no pointer: newest complete
     (root / LATEST).write_text("step_2\n")
     assert find_latest_checkpoint(tmp_path) == root / "step_2"      # the pointer wins
-    assert resolve_resume_path("never", tmp_path) is None
+    assert resume_candidates("auto", tmp_path) == [root / "step_2", root / "step_4"]   # then the fallbacks
+    assert resume_candidates("never", tmp_path) == []
     with pytest.raises(FileNotFoundError, match="step_8 is not a complete checkpoint"):
-        resolve_resume_path(str(root / "step_8"), tmp_path)
+        resume_candidates(str(root / "step_8"), tmp_path)

@@ -1,0 +1,110 @@
+"""Which checkpoint a run resumes from, and whether it may (train.resume).
+
+Before any collective, every rank runs `precheck_resume`: the first candidate whose config.yaml and
+trainer_state.json match their checksums is compared with this run's config and layout
+(pipeline/train/resume_rules.py), so a resume that would change the model fails at once with one line.
+After the process group exists, `resume_trainer` verifies every file of the candidate across the ranks; a
+damaged candidate (train.resume=auto) is skipped with a warning naming it and the checkpoint used instead.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import yaml
+
+from pipeline.config.base import ConfigError, from_dict
+from pipeline.config.run import RunConfig, ScheduleConfig, run_config_to_yaml
+from pipeline.train.checkpoint import CONFIG_FILE, STATE_FILE, checkpoint_root, complete_checkpoints, resume_candidates
+from pipeline.train.checkpoint_manifest import CheckpointDamaged, verify_checkpoint, verify_files
+from pipeline.train.lr_schedule import lr_factor
+from pipeline.train.resume_rules import check_resume
+
+SCHEDULE_KEYS = ("optim.lr", "optim.oe_lr_multiplier", "schedule.", "train.max_steps")
+
+
+def _read_saved(ckpt: Path) -> tuple[dict, dict]:
+    verify_files(ckpt, [CONFIG_FILE, STATE_FILE])
+    try:
+        saved = yaml.safe_load((ckpt / CONFIG_FILE).read_text())
+        state = json.loads((ckpt / STATE_FILE).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, json.JSONDecodeError) as e:
+        raise CheckpointDamaged(f"{ckpt}: unreadable {CONFIG_FILE} / {STATE_FILE} ({type(e).__name__})") from None
+    if not isinstance(saved, dict) or not isinstance(state, dict) or "step" not in state:
+        raise CheckpointDamaged(f"{ckpt}: {CONFIG_FILE} / {STATE_FILE} do not hold a run config and a step")
+    return saved, state
+
+
+def _lr_line(saved: dict, cfg: RunConfig, step: int) -> str:
+    old_schedule = from_dict(ScheduleConfig, saved["schedule"], prefix="schedule")
+    old = float(saved["optim"]["lr"]) * lr_factor(step, old_schedule)
+    new = cfg.optim.lr * lr_factor(step, cfg.schedule)
+    return f"lr of the next update (step {step + 1}) {old:.4g} -> {new:.4g}"
+
+
+def admissible(ckpt: Path, cfg: RunConfig, world: int) -> list[str]:
+    """Not collective. The "key old -> new" changes this resume applies; ConfigError if it may not happen,
+    CheckpointDamaged if the checkpoint's config or state fails its checksums."""
+    saved, state = _read_saved(ckpt)
+    current = yaml.safe_load(run_config_to_yaml(cfg))
+    changes = check_resume(saved, state.get("world_size"), current, world, str(ckpt))
+    if any(c.startswith(SCHEDULE_KEYS) for c in changes):
+        try:
+            changes.append(_lr_line(saved, cfg, int(state["step"])))
+        except (ConfigError, KeyError, TypeError, ValueError):
+            pass   # an older config without these keys: the key lines above say what changed
+    return changes
+
+
+def precheck_resume(cfg: RunConfig, world: int) -> None:
+    """Not collective: refuse a resume that may not happen, and train.resume=never over existing checkpoints."""
+    root = checkpoint_root(cfg.run_dir)
+    if cfg.train.resume == "never" and complete_checkpoints(root):
+        newest = complete_checkpoints(root)[-1][1]
+        raise ConfigError(f"train.resume: never, but {root} already holds checkpoints (newest {newest.name}): "
+                          f"use train.resume=restart to delete them and start over, or another run_dir")
+    for ckpt in resume_candidates(cfg.train.resume, cfg.run_dir):
+        try:
+            admissible(ckpt, cfg, world)
+            return
+        except CheckpointDamaged:
+            if cfg.train.resume != "auto":
+                raise
+            # resume_trainer warns about it and falls back, with every rank agreeing
+
+
+def start_over(cfg: RunConfig) -> None:
+    """train.resume=restart (rank 0, run_dir locked): the old checkpoints go; the metrics history is
+    restarted by the metrics writer of a fresh run."""
+    root = checkpoint_root(cfg.run_dir)
+    if root.is_dir():
+        print(f"train.resume=restart: deleting {root}", file=sys.stderr, flush=True)
+        shutil.rmtree(root)
+
+
+def resume_trainer(trainer, cfg: RunConfig, world: int, rank: int) -> Path | None:
+    """Collective. Resume from the newest intact admissible checkpoint; returns it (None: a fresh run)."""
+    skipped: list[str] = []
+    for ckpt in resume_candidates(cfg.train.resume, cfg.run_dir):
+        try:
+            changes = admissible(ckpt, cfg, world)
+            verify_checkpoint(ckpt, collective=True)
+        except CheckpointDamaged as e:
+            if cfg.train.resume != "auto":
+                raise
+            skipped.append(f"{ckpt.name} ({e})")
+            continue
+        if rank == 0:
+            for s in skipped:
+                print(f"warning: checkpoint {s} is damaged; resuming from {ckpt} instead", file=sys.stderr,
+                      flush=True)
+            for c in changes:
+                print(f"changed on resume: {c}", flush=True)
+        trainer.resume_from(ckpt)
+        return ckpt
+    if skipped:
+        raise CheckpointDamaged(f"{checkpoint_root(cfg.run_dir)}: no intact checkpoint to resume from: "
+                                f"{'; '.join(skipped)}")
+    return None
