@@ -31,6 +31,7 @@ from pipeline.config.model import ModelConfig
 from pipeline.data.atomic_io import fsync_dir
 from pipeline.export.checkpoint_reader import (CheckpointError, read_checkpoint_info, read_deepspeed_weights,
                                                resolve_checkpoint)
+from pipeline.train.checkpoint_manifest import CheckpointDamaged, verify_checkpoint, write_manifest
 
 WEIGHTS_FILE = "model.safetensors"
 MODEL_CONFIG_FILE = "config.yaml"
@@ -71,6 +72,10 @@ def check_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig, source: s
 def consolidate(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig, dict]:
     """Checkpoint (run / checkpoints / step_N folder) -> (full fp32 state dict, model config, provenance)."""
     step_dir = resolve_checkpoint(path)
+    try:   # every file against its checksum before any reader parses one
+        verify_checkpoint(step_dir)
+    except CheckpointDamaged as e:
+        raise CheckpointError(str(e)) from None
     info = read_checkpoint_info(step_dir)
     state = read_deepspeed_weights(step_dir)
     for merge in _MERGERS:
@@ -99,6 +104,7 @@ def write_folder_atomically(out_dir: str | Path, files: Callable[[Path], None], 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         files(tmp)
+        write_manifest(tmp, collective=False)     # loaders verify every file against it
         tmp.chmod(0o755)                          # mkdtemp creates 0700; an export is meant to be shared
         for f in tmp.iterdir():
             f.chmod(0o644)

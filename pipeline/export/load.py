@@ -12,6 +12,8 @@ from pipeline.config.base import ConfigError
 from pipeline.config.model import ModelConfig, load_model_config
 from pipeline.export.checkpoint_reader import CheckpointError
 from pipeline.export.consolidate import EXPORT_INFO_FILE, MODEL_CONFIG_FILE, WEIGHTS_FILE, check_state_dict, consolidate
+from pipeline.export.recorded_paths import resolve_checkpoint_meta, resolve_export_meta
+from pipeline.train.checkpoint_manifest import CheckpointDamaged, verify_checkpoint
 
 
 def is_export_folder(path: str | Path) -> bool:
@@ -26,6 +28,10 @@ def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig, 
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
+        try:   # every file of the export against the checksums written with it
+            verify_checkpoint(p)
+        except CheckpointDamaged as e:
+            raise CheckpointError(f"{e} (re-export the checkpoint)") from None
         try:
             cfg = load_model_config(p / MODEL_CONFIG_FILE)
         except ConfigError as e:
@@ -38,8 +44,11 @@ def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig, 
         meta = {}
         if (p / EXPORT_INFO_FILE).is_file():
             meta = json.loads((p / EXPORT_INFO_FILE).read_text())
+        meta = resolve_export_meta(meta, p, EXPORT_INFO_FILE)
         return state, cfg, {**meta, "source": str(p.resolve()), "loaded_from": "export"}
-    return consolidate(p)
+    state, cfg, meta = consolidate(p)
+    # relative data / tokenizer paths resolve against the run, not this process's cwd (recorded_paths.py)
+    return state, cfg, resolve_checkpoint_meta(meta, Path(meta["source"]))
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):

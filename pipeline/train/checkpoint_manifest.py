@@ -56,16 +56,17 @@ def _gather(obj):
     return out
 
 
-def write_manifest(folder: Path) -> None:
-    """Collective: hash the folder's files across the ranks; rank 0 writes the manifest (atomically)."""
+def write_manifest(folder: Path, collective: bool = True) -> None:
+    """Collective (unless told otherwise): hash the folder's files across the ranks; rank 0 writes the
+    manifest (atomically). Exports use it on one process."""
     from pipeline.data.atomic_io import atomic_write_bytes
 
-    rank, world = _world()
+    rank, world = _world() if collective else (0, 1)
     files = checkpoint_files(folder)
     mine = {f: {"bytes": (folder / f).stat().st_size, "sha256": _sha256(folder / f)}
             for f in _my_share(files, rank, world)}
     merged: dict = {}
-    for part in _gather(mine):
+    for part in (_gather(mine) if collective else [mine]):
         merged.update(part)
     if rank == 0:
         body = {"format": FORMAT, "files": {f: merged[f] for f in files}}
