@@ -146,7 +146,7 @@ class CheckpointConfig:
 @dataclass
 class EvalConfig:
     every: int = 500                    # steps between validation passes; 0: never (except at_end)
-    batches: int = 20                   # micro-batches per rank per validation pass
+    batches: int = 20                   # micro-batches per validation pass, split over the dp ranks (same windows at any world size)
     at_end: bool = True
     # In-loop zero-shot evaluation (pipeline/eval): every N steps and at the end when N > 0; 0 = off.
     downstream_every: int = 0

@@ -18,7 +18,7 @@ import torch
 
 from pipeline.data.indexed_dataset import IndexedShardReader, ShardError
 from pipeline.data.manifest import Manifest, load_manifest
-from pipeline.data.packing import PackedSequences
+from pipeline.data.packing import IGNORE_INDEX, PackedSequences
 
 TRAIN_STREAM, VAL_STREAM = 0, 1
 
@@ -128,21 +128,31 @@ class TrainBatches:
 
 
 class ValBatches:
-    """A fixed validation set: the first `batches` micro-batches of each rank, unshuffled, every time."""
+    """A fixed validation set, the same at any world size: the first `batches` x `micro_batch` windows of the
+    split (unshuffled), in `batches` micro-batches of consecutive windows; data-parallel rank r scores
+    micro-batches r, r + dp, ... Every rank runs the same number of forwards (the forward may hold
+    collectives: sharded OE lookups, expert all-to-alls), so when dp does not divide `batches` the ranks
+    without a real micro-batch left score a padding one whose labels are all ignored (zero tokens)."""
 
     def __init__(self, sequences: PackedSequences, micro_batch: int, batches: int, dp_rank: int, dp_size: int):
         self.sequences, self.micro_batch, self.batches = sequences, micro_batch, batches
         self.dp_rank, self.dp_size = dp_rank, dp_size
 
     def __iter__(self):
-        for m in range(self.batches):
-            chunk = m * self.dp_size + self.dp_rank
-            yield self.sequences.batch(chunk * self.micro_batch + np.arange(self.micro_batch))
+        for m in range(self.dp_rank, -(-self.batches // self.dp_size) * self.dp_size, self.dp_size):
+            batch = self.sequences.batch((m % self.batches) * self.micro_batch + np.arange(self.micro_batch))
+            if m >= self.batches:
+                batch = {**batch, "labels": np.full_like(batch["labels"], IGNORE_INDEX)}
+            yield batch
 
 
 def build_loaders(data_cfg, model_vocab_size: int, seed: int, global_batch: int, micro_batch: int,
                   eval_batches: int, dp_rank: int, dp_size: int) -> tuple[TrainBatches, ValBatches | None, Manifest]:
-    """The train stream (shuffled) and, when the manifest has a validation split, the val set (unshuffled)."""
+    """The train stream (shuffled) and the val set (unshuffled; None when data.val_split is null).
+
+    A named val_split must exist, like train_split: a misspelt or missing split used to mean "no validation"
+    without a word. Training without validation data is said explicitly (data.val_split=null, which the run
+    config allows only with validation off)."""
     folder = Path(data_cfg.path)
     manifest, train_docs = open_split(folder, data_cfg.train_split, data_cfg.verify, model_vocab_size,
                                       data_cfg.tokenizer_sha256)
@@ -156,7 +166,13 @@ def build_loaders(data_cfg, model_vocab_size: int, seed: int, global_batch: int,
     train = TrainBatches(packed(train_docs, data_cfg.train_split, True, TRAIN_STREAM), global_batch, micro_batch,
                          dp_rank, dp_size, manifest.tokenizer.sha256)
     val = None
-    if manifest.split_shards(data_cfg.val_split):
+    if data_cfg.val_split is not None:
+        if not manifest.split_shards(data_cfg.val_split):
+            present = sorted({s.split for s in manifest.shards})
+            raise DataMismatchError(
+                f"{folder / 'manifest.json'}: no shards for data.val_split={data_cfg.val_split!r} (splits here: "
+                f"{', '.join(present)}); name one of them, or train without validation: data.val_split=null "
+                f"eval.every=0 eval.at_end=false")
         val_docs = SplitDocuments(folder, manifest, data_cfg.val_split)
         val = ValBatches(packed(val_docs, data_cfg.val_split, False, VAL_STREAM), micro_batch, eval_batches,
                          dp_rank, dp_size)

@@ -160,3 +160,23 @@ def test_split_shorter_than_one_sequence_names_folder_and_key(tmp_path):
     with pytest.raises(DataMismatchError, match=r"s: train split has .* fewer than one sequence .*data.seq_len=512"):
         build_loaders(DataConfig(path=str(folder), seq_len=512), VOCAB, seed=0, global_batch=2, micro_batch=2,
                       eval_batches=1, dp_rank=0, dp_size=1)
+
+
+def test_validation_windows_do_not_depend_on_the_world_size(shards):
+    """eval.batches micro-batches in total, split over the ranks; ranks without a real one left score padding
+    (all labels ignored) so that every rank runs the same number of forwards."""
+    folder, _, _ = shards
+    cfg = DataConfig(path=str(folder), seq_len=16)
+
+    def scored(dp: int) -> list[list[int]]:
+        rows = []
+        for rank in range(dp):
+            _, v, _ = build_loaders(cfg, VOCAB, seed=1, global_batch=4 * dp, micro_batch=2, eval_batches=3,
+                                    dp_rank=rank, dp_size=dp)
+            batches = list(v)
+            assert len(batches) == -(-3 // dp)
+            rows += [ids.tolist() for b in batches for ids, lab in zip(b["input_ids"], b["labels"])
+                     if (lab != -100).any()]
+        return sorted(rows)
+
+    assert scored(1) == scored(2) == scored(3) and len(scored(1)) == 6
