@@ -73,7 +73,8 @@ def run(device: str, smoke: bool, workdir: Path) -> dict:
             r = compare(experts, x, c, dtype)
         except (RuntimeError, NotImplementedError) as e:
             numbers["results"][name] = {"error": str(e).splitlines()[0][:200]}
-            lines.append(f"{name}: grouped_mm unavailable ({'model uses the loop' if picked is None else 'BUT the model picks it'})")
+            fallback = "model uses the loop" if picked is None else "BUT the model picks it"
+            lines.append(f"{name}: grouped_mm unavailable ({fallback})")
             ok &= picked is None
             continue
         passed = r["max_rel"] <= TOL[name] < r["control_wrong_offsets_rel"]

@@ -104,9 +104,11 @@ def run(device: str, smoke: bool, workdir: Path) -> dict:
     gib = 2**30
     parts = []
     for s in stages:
-        text = f"ZeRO-{s['zero_stage']} held {s['held_bytes'] / gib:.3f} GiB / predicted {s['predicted_held_bytes'] / gib:.3f} ({s['held_ratio']:.3f})"
+        text = (f"ZeRO-{s['zero_stage']} held {s['held_bytes'] / gib:.3f} GiB / predicted "
+                f"{s['predicted_held_bytes'] / gib:.3f} ({s['held_ratio']:.3f})")
         if s["peak_bytes"] is not None:
-            text += f", peak {s['peak_bytes'] / gib:.2f} vs {s['predicted_peak_bytes_without_activations'] / gib:.2f} w/o activations"
+            text += (f", peak {s['peak_bytes'] / gib:.2f} vs "
+                     f"{s['predicted_peak_bytes_without_activations'] / gib:.2f} w/o activations")
         parts.append(text)
     return result("PASS" if ok else "FAIL", f"{device}: " + "; ".join(parts) + f" (tol {HELD_TOL:.0%})",
                   stages=stages, held_tol=HELD_TOL)

@@ -24,6 +24,7 @@ def run(device: str, smoke: bool, workdir: Path) -> dict:
     finite = all(math.isfinite(x) and x > 0 for v in (off, on) for x in (v["tokens_per_s"], v["mfu"]))
     summary = (f"{r['device']}, {r['n_layers']}/12 layers, m={on['m']:,} (table/active {r['table_ratio']:.1f}): "
                f"OE off {off['tokens_per_s']:,.0f} tok/s MFU {off['mfu']:.3f}, OE on {on['tokens_per_s']:,.0f} "
-               f"tok/s MFU {on['mfu']:.3f}; step ratio {r['step_time_ratio']:.3f} (paper {r['paper_step_time_ratio']:.3f}); "
-               f"peak {on['peak_mem_gib']:.1f} GiB (predicted {on['predicted_gib_without_activations']:.1f} w/o activations)")
+               f"tok/s MFU {on['mfu']:.3f}; step ratio {r['step_time_ratio']:.3f} "
+               f"(paper {r['paper_step_time_ratio']:.3f}); peak {on['peak_mem_gib']:.1f} GiB "
+               f"(predicted {on['predicted_gib_without_activations']:.1f} w/o activations)")
     return result("PASS" if finite else "FAIL", summary, **r)

@@ -105,11 +105,13 @@ def run(device: str, smoke: bool, workdir: Path) -> dict:
     control = max(d16) > FP32_TOL
     expected_backend = "gloo" if device == "cpu" else "nccl"
     ok = falling and matches and control and info["backend"] == expected_backend
-    summary = (f"{info['backend']} bf16 {STEPS} steps {first:.3f}->{last:.3f} ({'falling' if falling else 'NOT falling'}); "
+    trend = "falling" if falling else "NOT falling"
+    summary = (f"{info['backend']} bf16 {STEPS} steps {first:.3f}->{last:.3f} ({trend}); "
                f"fp32 {info32['device']} vs cpu (loss, gnorm) max rel {max(d32):.1e} (tol {FP32_TOL:.0e}); "
                f"bf16 vs cpu fp32 {max(d16):.1e} (control, must exceed tol)")
     return result("PASS" if ok else "FAIL", summary, backend=info["backend"], device=info["device"],
-                  param_dtype_bf16_run=info["param_dtype"], steps=STEPS, bf16=bf16, fp32=fp32, cpu_fp32=cpu, fp32_vs_cpu_rel=d32, bf16_vs_cpu_rel=d16, fp32_tol=FP32_TOL,
+                  param_dtype_bf16_run=info["param_dtype"], steps=STEPS, bf16=bf16, fp32=fp32, cpu_fp32=cpu,
+                  fp32_vs_cpu_rel=d32, bf16_vs_cpu_rel=d16, fp32_tol=FP32_TOL,
                   first5_mean=first, last5_mean=last, fall_ratio=FALL_RATIO, finite=finite, falling=falling,
                   tf32_disabled=device == "cuda")
 

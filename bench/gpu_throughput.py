@@ -115,7 +115,8 @@ def run(cfg, args, device) -> dict:
     flops = training_flops_per_token(cfg, args.seq)
     peak = torch.cuda.max_memory_allocated(device)
     result = {"m": cfg.over_encoding.m if cfg.over_encoding.enabled else 0, "n_layers": cfg.n_layers,
-              "tokens_per_s": tokens_per_s, "mfu": flops * tokens_per_s / peak_flops(torch.cuda.get_device_name(device)),
+              "tokens_per_s": tokens_per_s,
+              "mfu": flops * tokens_per_s / peak_flops(torch.cuda.get_device_name(device)),
               "peak_mem_gib": peak / 2**30, "predicted_gib_without_activations": predicted_bytes(cfg, args) / 2**30,
               "step_ms_median": statistics.median(times) * 1e3, "build_s": build_s,
               "params_total": param_counts(cfg)["total"], "params_active": param_counts(cfg)["active"],
@@ -185,10 +186,12 @@ def main(argv: list[str] | None = None) -> None:
           f"layers, bf16 autocast, batch {a['batch']}x{a['seq']}")
     print(f"{'variant':<22}{'tok/s':>10}{'MFU':>8}{'peak GiB':>10}{'step ms':>9}")
     for label, r in (("OE off", off), (f"OE m={on['m']:,}", on)):
-        print(f"{label:<22}{r['tokens_per_s']:>10.0f}{r['mfu']:>8.3f}{r['peak_mem_gib']:>10.1f}{r['step_ms_median']:>9.1f}")
-    print(f"OE table / active parameters: {record['table_ratio']:.1f} (paper's OE-12.8M: {record['paper_table_ratio']:.1f})")
-    print(f"throughput OE-on / OE-off: {record['ratio']:.3f}; step time OE-on / OE-off: {record['step_time_ratio']:.3f} "
-          f"(paper, 32xA100, m=12.8M: {PAPER_STEP_RATIO:.3f})")
+        print(f"{label:<22}{r['tokens_per_s']:>10.0f}{r['mfu']:>8.3f}{r['peak_mem_gib']:>10.1f}"
+              f"{r['step_ms_median']:>9.1f}")
+    print(f"OE table / active parameters: {record['table_ratio']:.1f} "
+          f"(paper's OE-12.8M: {record['paper_table_ratio']:.1f})")
+    print(f"throughput OE-on / OE-off: {record['ratio']:.3f}; step time OE-on / OE-off: "
+          f"{record['step_time_ratio']:.3f} (paper, 32xA100, m=12.8M: {PAPER_STEP_RATIO:.3f})")
     write_json(a["json"], record)
 
 
