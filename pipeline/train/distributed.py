@@ -32,9 +32,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_with_launcher() -> None:
+    """A rank started by a launcher (torchrun, deepspeed, mpirun, srun) dies with it: if the launcher is killed,
+    its ranks must not keep training and writing checkpoints behind a requeued job. Linux delivers SIGTERM to
+    this process when its parent exits (prctl PR_SET_PDEATHSIG); the check after the call closes the race
+    with a parent that died before it."""
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)   # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        return   # not Linux: nothing to arm
+    if os.getppid() != parent or parent == 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def populate_env() -> None:
-    """Make RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* present, whatever launched us."""
+    """Make RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* present, whatever launched us; a launched rank is tied to
+    its launcher's lifetime (stop_with_launcher)."""
     env = os.environ
+    if "RANK" in env or "OMPI_COMM_WORLD_RANK" in env:
+        stop_with_launcher()
     if "RANK" not in env and "OMPI_COMM_WORLD_RANK" in env:
         env["RANK"] = env["OMPI_COMM_WORLD_RANK"]
         env["WORLD_SIZE"] = env["OMPI_COMM_WORLD_SIZE"]
