@@ -33,6 +33,34 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
+def check_args(args) -> None:
+    """Values that cannot mean anything, refused before a model is loaded (one line each)."""
+    for flag, value, low in (("--limit", args.limit, 1), ("--seq-len", args.seq_len, 2),
+                             ("--val-sequences", args.val_sequences, 1), ("--batch-tokens", args.batch_tokens, 1)):
+        if value is not None and value < low:
+            raise ValueError(f"{flag}: must be >= {low}, got {value}")
+    if args.no_val and any(v is not None for v in (args.data, args.seq_len, args.val_split, args.val_sequences)):
+        raise ValueError("--no-val skips the validation loss: --data / --seq-len / --val-split / --val-sequences "
+                         "would be ignored")
+
+
+def validation_data(args, meta: dict, model_cfg) -> tuple[str, int, str]:
+    """(data folder, seq_len, split) for the validation loss: the flags, else what the run recorded (its
+    data.path resolved as pipeline/export/recorded_paths.py says)."""
+    data = meta.get("data") or {}
+    if args.data is None and data.get("not_found_in"):
+        raise ValueError(f"{meta.get('source')}: the run's data.path {data.get('recorded_path')!r} has no "
+                         f"manifest.json under {', '.join(data['not_found_in'])}: pass --data (or --no-val)")
+    data_path, seq_len = args.data or data.get("path"), args.seq_len or data.get("seq_len")
+    if not data_path or not seq_len:
+        raise ValueError("validation loss needs --data and --seq-len (not recorded with this model); "
+                         "or pass --no-val")
+    if int(seq_len) > model_cfg.max_seq_len:
+        raise ValueError(f"{'--seq-len' if args.seq_len else 'the recorded data.seq_len'} {seq_len} exceeds the "
+                         f"model's max_seq_len {model_cfg.max_seq_len}")
+    return data_path, int(seq_len), args.val_split or data.get("val_split") or "val"
+
+
 def init_process_group() -> None:
     """Join the launcher's process group when there is one (RANK/WORLD_SIZE, or OpenMPI's variables)."""
     from pipeline.train.distributed import populate_env
@@ -70,20 +98,21 @@ def main(argv: list[str] | None = None) -> int:
     tasks = {"downstream": list(DOWNSTREAM_TASKS), "all": list(TASKS), "none": []}.get(
         args.tasks, [t.strip() for t in args.tasks.split(",") if t.strip()])
     try:
+        check_args(args)
         unknown = [t for t in tasks if t not in TASKS]
         if unknown:
             raise ValueError(f"--tasks: unknown task {unknown[0]!r} (known: {', '.join(TASKS)})")
         model, cfg, meta = load_model(args.checkpoint, "cuda" if torch.cuda.is_available() else "cpu")
         results = {"checkpoint": meta.get("source"), "step": meta.get("step"), "limit": args.limit}
-        data = meta.get("data") or {}
-        data_path, seq_len = args.data or data.get("path"), args.seq_len or data.get("seq_len")
         if not args.no_val:
-            if not data_path or not seq_len:
-                raise ValueError("validation loss needs --data and --seq-len (not recorded with this model); "
-                                 "or pass --no-val")
-            results["validation"] = validation_loss(model, data_path, int(seq_len),
-                                                    args.val_split or data.get("val_split") or "val",
-                                                    max_sequences=args.val_sequences)
+            data_path, seq_len, split = validation_data(args, meta, cfg)
+            if not meta.get("trained_tokenizer") and rank == 0:
+                print(f"warning: {meta.get('source')}: no tokenizer recorded with this model, so the data's "
+                      "tokenizer cannot be checked against it", file=sys.stderr)
+            results["data"] = os.path.abspath(data_path)
+            results["validation"] = validation_loss(model, data_path, seq_len, split,
+                                                    max_sequences=args.val_sequences,
+                                                    trained_tokenizer=meta.get("trained_tokenizer"))
         if tasks:
             tok = load_tokenizer(args.tokenizer, meta.get("tokenizer"), cfg.vocab_size)
             results.update(evaluate_tasks(model, tok, tasks, args.limit, args.batch_tokens))

@@ -45,6 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ExportError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    tok = meta.get("tokenizer") or {}
+    if not tok.get("path") or not os.path.isfile(tok["path"]):
+        # the export still works; eval / generate of it will then need --tokenizer
+        why = tok.get("problem") or tok.get("path") or "no tokenizer record reachable from the run's data.path"
+        print(f"warning: {meta.get('source')}: tokenizer not found ({why}); pass --tokenizer to eval / generate "
+              "of the export", file=sys.stderr)
     print(f"exported {meta.get('source')} (step {meta.get('step')}, {sum(v.numel() for v in state.values()):,} "
           f"parameters) -> {out} [{args.format}, {args.dtype}]")
     return 0

@@ -15,6 +15,21 @@ import sys
 import time
 
 
+def check_args(args) -> None:
+    """Values that cannot mean anything, refused before a model is loaded (one line each). top-k / top-p
+    only shape sampling: with the greedy default they would be ignored without a word."""
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens: must be >= 1, got {args.max_new_tokens}")
+    if not args.temperature >= 0:        # also NaN
+        raise ValueError(f"--temperature: must be >= 0 (0 = greedy), got {args.temperature}")
+    if args.top_k < 0:
+        raise ValueError(f"--top-k: must be >= 0 (0 = all tokens), got {args.top_k}")
+    if not 0 < args.top_p <= 1:
+        raise ValueError(f"--top-p: must be in (0, 1], got {args.top_p}")
+    if args.temperature == 0 and (args.top_k or args.top_p < 1):
+        raise ValueError("--top-k / --top-p apply only when sampling: add --temperature T > 0 (0 is greedy)")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True)
@@ -41,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     prompts = list(args.prompt)
     try:
+        check_args(args)
         if args.prompts_file:
             with open(args.prompts_file, encoding="utf-8") as f:
                 prompts += [line.rstrip("\n") for line in f]

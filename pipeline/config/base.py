@@ -23,8 +23,34 @@ import re
 import yaml
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping that names the same key twice. Plain YAML loaders keep the last value silently, so a config
+    edited by adding `lr: ...` below an old `lr:` would quietly use whichever comes last."""
+
+    def __init__(self, key, line: int, first_line: int):
+        super().__init__(f"duplicate key {key!r} (first on line {first_line}); YAML would keep only the last "
+                         "value: remove one")
+        self.key, self.line, self.first_line = key, line, first_line
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads `1e-3` / `5E+4` as floats (PyYAML follows YAML 1.1, which needs `1.0e-3`)."""
+    """SafeLoader that also reads `1e-3` / `5E+4` as floats (PyYAML follows YAML 1.1, which needs `1.0e-3`)
+    and refuses a mapping that repeats a key (DuplicateKeyError, with the line numbers)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False):
+        first_line: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":   # `<<: *anchor` keys may be overridden by design
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = first_line.get(key)
+            except TypeError:                               # unhashable: SafeLoader reports it itself
+                continue
+            if first is not None:
+                raise DuplicateKeyError(key, key_node.start_mark.line + 1, first)
+            first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -161,9 +187,14 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def parse_override_value(text: str) -> Any:
+def parse_override_value(text: str, key: str = "") -> Any:
     """A command-line value, parsed like a YAML scalar (with `1e-3` read as a number); "" stays ""."""
-    return parse_yaml(text) if text != "" else ""
+    if text == "":
+        return ""
+    try:
+        return parse_yaml(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {key}={text}: invalid YAML value ({str(e).splitlines()[0]})") from None
 
 
 def apply_overrides(data: dict, overrides: list[str],
@@ -188,7 +219,7 @@ def apply_overrides(data: dict, overrides: list[str],
             if not isinstance(node[k], dict):
                 raise ConfigError(f"override {path}: {k} is not a section")
             node = node[k]
-        node[keys[-1]] = parse_override_value(raw)
+        node[keys[-1]] = parse_override_value(raw, path.strip())
     return data
 
 
@@ -231,6 +262,8 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file not found: {p}")
     try:
         data = parse_yaml(p.read_text()) or {}
+    except DuplicateKeyError as e:
+        raise ConfigError(f"{p}:{e.line}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: invalid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):

@@ -126,36 +126,61 @@ class Tokenizer:
                 "vocab_size": self.vocab_size, "eos_id": self.eos_id}
 
 
-def tokenizer_record_from_run_config(run_config: dict) -> dict | None:
-    """The manifest's tokenizer record {path, sha256, kind, vocab_size, eos_id}, or None if unavailable."""
-    data_path = (run_config.get("data") or {}).get("path")
-    if not data_path:
-        return None
-    manifest = Path(data_path) / MANIFEST_NAME
+def read_manifest_tokenizer(folder: str | Path) -> dict | None:
+    """The tokenizer record {path, sha256, kind, vocab_size, eos_id} of a data folder's manifest, as written
+    (path as given to data_prep), or None when the manifest is unreadable or has no record."""
     try:
-        record = json.loads(manifest.read_text()).get("tokenizer")
-    except (OSError, json.JSONDecodeError):
+        record = json.loads((Path(folder) / MANIFEST_NAME).read_text()).get("tokenizer")
+    except (OSError, ValueError, AttributeError):
         return None
-    if not isinstance(record, dict) or "path" not in record:
-        return None
-    # the manifest stores the path as given to data_prep (often relative to the repository root)
-    for candidate in (Path(record["path"]), manifest.parent / record["path"], manifest.parent / Path(record["path"]).name):
-        if candidate.is_file():
-            return {**record, "path": str(candidate.resolve())}
+    return record if isinstance(record, dict) and "path" in record else None
+
+
+def locate_tokenizer(record: dict, bases: list[Path]) -> dict:
+    """`record` with its path replaced by the absolute path of the file it names. The recorded path is tried
+    as it is (absolute, or relative to the working directory) and under each of `bases` (the data folder, the
+    training directory ...; also by file name alone). With a recorded sha256 only a file with that sha256 is
+    taken, so which candidate comes first cannot change the result; otherwise the first existing file.
+    Unchanged when nothing matches (load_tokenizer then names the recorded path)."""
+    recorded = Path(record["path"])
+    candidates = [recorded] + [base / recorded for base in bases] + [base / recorded.name for base in bases]
+    for c in dict.fromkeys(candidates):
+        if c.is_file() and (not record.get("sha256") or file_sha256(c) == record["sha256"]):
+            return {**record, "path": str(c.resolve())}
     return record
 
 
+def tokenizer_record_from_run_config(run_config: dict) -> dict | None:
+    """The manifest's tokenizer record of the run config's data.path (relative: to the working directory,
+    as during training), with the tokenizer file located (see locate_tokenizer); None if unavailable."""
+    data_path = (run_config.get("data") or {}).get("path")
+    if not data_path:
+        return None
+    record = read_manifest_tokenizer(data_path)
+    return None if record is None else locate_tokenizer(record, [Path(data_path)])
+
+
 def load_tokenizer(path: str | Path | None, record: dict | None, model_vocab_size: int) -> Tokenizer:
-    """--tokenizer PATH if given, else the recorded one; checked against the recorded sha256 and the model."""
+    """--tokenizer PATH if given, else the recorded one; checked against the recorded sha256 and the model.
+
+    A record may carry no path and a `problem` (the data folder names another tokenizer than the one the
+    model was trained with, or it is gone): then only --tokenizer with the trained sha256 is accepted."""
     if path is None:
         if record is None:
             raise TokenizerError("no tokenizer recorded for this model (its data manifest is not reachable): "
                                  "pass --tokenizer")
+        if not record.get("path"):
+            raise TokenizerError(f"{record.get('problem', 'no tokenizer path recorded')}: pass --tokenizer with "
+                                 f"the tokenizer the model was trained with (sha256 {str(record.get('sha256'))[:16]}…)")
         path = record["path"]
         if not Path(path).is_file():
             raise TokenizerError(f"{path}: recorded tokenizer not found: pass --tokenizer")
         if record.get("sha256") and file_sha256(path) != record["sha256"]:
             raise TokenizerError(f"{path}: sha256 differs from the one recorded at training time")
+    elif record and record.get("sha256") and Path(path).is_file() and file_sha256(path) != record["sha256"]:
+        # scores or text from another tokenizer's ids would look plausible and mean nothing
+        raise TokenizerError(f"--tokenizer {path}: sha256 {file_sha256(path)[:16]}… is not the tokenizer the model "
+                             f"was trained with ({record['sha256'][:16]}…)")
     eos = record.get("eos_id") if record else None
     tok = Tokenizer(TokenizerSpec(str(path), eos_id=eos))
     if tok.vocab_size > model_vocab_size:
