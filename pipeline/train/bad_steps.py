@@ -1,9 +1,13 @@
-"""Steps with a non-finite loss (NaN / Inf): skipped on every rank, counted, and fatal when they persist.
+"""Steps with a non-finite loss or gradient (NaN / Inf): skipped on every rank, counted, fatal when they persist.
 
 Detection happens on the loss of every micro-batch, accumulated on the device (no host sync per
-micro-batch). Before the optimizer step of the accumulation boundary, one all-reduce of that count tells
-every rank whether any rank saw a bad loss, so all ranks take the same decision (a rank that skipped alone
-would leave the replicas out of sync).
+micro-batch), and on the gradients DeepSpeed does not check itself: at ZeRO-0 the engine hands the plain
+optimizer its averaged gradients unchecked, and the parameters stepped outside DeepSpeed (OE table and
+expert shards) are ours. Before the optimizer step of the accumulation boundary, one all-reduce of
+[bad losses, bad gradients] tells every rank whether any rank saw either, so all ranks take the same
+decision (a rank that skipped alone would leave the replicas out of sync). ZeRO-1/2/3 find a non-finite
+gradient in their own reduced partitions and skip the update themselves (an "overflow"); the trainer reads
+that from engine.was_step_applied() and counts it the same way.
 
 Skipping: the optimizer's `step()` becomes a no-op for this step (SkippableStepMixin), so neither weights
 nor optimizer moments move; DeepSpeed then zeroes the gradients as usual. The learning-rate schedule still
@@ -69,6 +73,8 @@ class BadStepGuard:
         self.consecutive = 0
         self.last_good_step: int | None = None
         self._bad: torch.Tensor | None = None
+        self.grads_to_check = lambda: []   # the gradients no one else checks (set by the Trainer)
+        self.reason = "loss"
 
     def state_dict(self) -> dict:
         return {"skipped_steps": self.skipped_total}
@@ -84,20 +90,33 @@ class BadStepGuard:
         bad = (~torch.isfinite(loss.detach())).to(torch.float32)
         self._bad = bad if self._bad is None else self._bad + bad
 
+    def _bad_gradients(self) -> torch.Tensor:
+        grads = [g._values() if g.is_sparse else g for g in self.grads_to_check() if g is not None]
+        if not grads:
+            return torch.zeros(())
+        # one fused norm per tensor; any NaN/Inf element makes the sum of norms non-finite
+        total = torch.stack(torch._foreach_norm(grads)).double().sum()
+        return (~torch.isfinite(total)).to(torch.float32)
+
     def decide(self) -> bool:
         """Collective (every rank, once per optimizer step, before engine.step()): skip this update?"""
-        bad = self._bad if self._bad is not None else torch.zeros(())
-        bad = bad.reshape(1).to(self.device)
+        bad_loss = self._bad if self._bad is not None else torch.zeros(())
+        bad = torch.stack([bad_loss.reshape(()).float().cpu(), self._bad_gradients().cpu()]).to(self.device)
         if self.world_size > 1:
             dist.all_reduce(bad)
-        skip = bool(bad.item() > 0)
+        bad_loss, bad_grad = (float(x) > 0 for x in bad.cpu())
+        skip = bad_loss or bad_grad
+        self.reason = "loss" if bad_loss else "gradient"
         for opt in self.optimizers:
             opt.skip_update = skip
         return skip
 
-    def finish(self, step: int, skipped: bool, lr_scheduler=None) -> None:
+    def finish(self, step: int, skipped: bool, lr_scheduler=None, applied: bool = True) -> None:
+        """`applied`: whether the engine updated the weights (False when ZeRO found a non-finite gradient)."""
         for opt in self.optimizers:
             opt.skip_update = False
+        if not skipped and not applied:
+            skipped, self.reason = True, "gradient (found by DeepSpeed)"
         if not skipped:
             self.consecutive = 0
             self.last_good_step = step
@@ -108,7 +127,7 @@ class BadStepGuard:
         if lr_scheduler is not None and getattr(lr_scheduler, "last_epoch", step) < step:
             lr_scheduler.step()
         if self.rank == 0:
-            print(f"warning: step {step}: non-finite loss on some rank; update skipped "
+            print(f"warning: step {step}: non-finite {self.reason} on some rank; update skipped "
                   f"({self.consecutive} in a row, limit train.max_bad_steps={self.max_consecutive}; "
                   f"{self.skipped_total} skipped in total)", file=sys.stderr, flush=True)
 

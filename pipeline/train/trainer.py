@@ -48,6 +48,7 @@ class Trainer:
         self._own_grad_norm = not hasattr(engine.optimizer, "_global_grad_norm")
         self.bad_steps = BadStepGuard(cfg.train.max_bad_steps, find_skippable_optimizers(engine),
                                       dist_info.world_size, dist_info.device, dist_info.backend, dist_info.rank)
+        self.bad_steps.grads_to_check = self._unchecked_gradients
         self.metrics_due = False
         self._metrics: dict[str, float] | None = None
 
@@ -144,7 +145,7 @@ class Trainer:
                 self.external.after_engine_step(self.step, skipped)
             if stats is not None:
                 stats.add(out)
-        self.bad_steps.finish(self.step, skipped, engine.lr_scheduler)
+        self.bad_steps.finish(self.step, skipped, engine.lr_scheduler, applied=engine.was_step_applied())
         if stats is None:
             return StepResult(self.step)
         scalars, histograms = stats.reduce(self.dist.world_size)
@@ -160,6 +161,14 @@ class Trainer:
         scalars["epoch"] = self.train_data.epoch
         scalars["skipped_steps"] = float(self.bad_steps.skipped_total)
         return StepResult(self.step, scalars, histograms)
+
+    def _unchecked_gradients(self) -> list:
+        """The gradients DeepSpeed applies without a finiteness check: all of them at plain ZeRO-0 (the client
+        optimizer is the engine's optimizer), plus the external parameters' in every layout."""
+        grads = [p.grad for p in self.engine.module.parameters()] if self._own_grad_norm else []
+        if self.external is not None:
+            grads += [p.param.grad for p in self.external.params]
+        return grads
 
     def _grad_norm(self) -> float:
         # After the boundary backward, ZeRO-0 gradients are already averaged over ranks: a local norm is global.

@@ -50,6 +50,7 @@ def _die() -> None:
 KILL_AT = tuple(int(x) for x in os.environ["FAULT_KILL_AT"].split(":")) if os.environ.get("FAULT_KILL_AT") else None
 STOP_AT = tuple(int(x) for x in os.environ["FAULT_STOP_AT"].split(":")) if os.environ.get("FAULT_STOP_AT") else None
 NAN_STEPS = _steps(os.environ.get("FAULT_NAN_LOSS_STEPS", ""))
+NAN_GRAD_STEPS = _steps(os.environ.get("FAULT_NAN_GRAD_STEPS", ""))
 NAN_WEIGHT_AT = int(os.environ.get("FAULT_NAN_WEIGHT_AT", "0"))
 DIGEST = os.environ.get("FAULT_DIGEST")
 SAVE_INDEX = int(os.environ.get("FAULT_SAVE_INDEX", "2"))
@@ -124,6 +125,23 @@ def install() -> None:
 
         model.register_forward_hook(nan_loss, with_kwargs=True)
         return model
+
+    import pipeline.train.parallel_run as parallel_run
+    _prepare = parallel_run.ParallelRun.prepare_model
+
+    def prepare_model(self, model):
+        model = _prepare(self, model)   # materialised here: hook the parameters the engine will own
+        first = next(p for p in model.parameters() if p.requires_grad)
+
+        def nan_grad(grad):   # a non-finite gradient although the loss is finite
+            if ACTIVE and STATE["in_train"] and STATE["step"] in NAN_GRAD_STEPS:
+                return grad * float("nan")
+            return grad
+
+        first.register_hook(nan_grad)
+        return model
+
+    parallel_run.ParallelRun.prepare_model = prepare_model
 
     pipeline.model.build_model = build_model
 
