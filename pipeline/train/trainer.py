@@ -7,6 +7,7 @@ called in priority order; a callback adds to the step's record with record_metri
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,7 +59,8 @@ class Trainer:
         return self.resumed_from is not None
 
     def state_dict(self) -> dict:
-        return {"format_version": CHECKPOINT_FORMAT_VERSION, "step": self.step,
+        # cwd: where relative paths of the run config (data.path) were resolved (pipeline/export/recorded_paths.py)
+        return {"format_version": CHECKPOINT_FORMAT_VERSION, "step": self.step, "cwd": os.getcwd(),
                 "tokens_seen": self.step * self.tokens_per_step, "world_size": self.dist.world_size,
                 "data": self.train_data.state_dict(), **self.bad_steps.state_dict()}
 

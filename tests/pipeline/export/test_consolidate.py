@@ -51,16 +51,25 @@ def test_zero2_two_ranks_consolidates_to_single_process_logits(runs):
     assert not torch.allclose(_logits(build_model(cfg).eval()), _logits(exported))
 
 
+def rewrite_checksums(step_dir) -> None:
+    from pipeline.train.checkpoint_manifest import write_manifest
+    write_manifest(step_dir, collective=False)
+
+
 def test_bad_inputs_name_the_file(runs, tmp_path):
     with pytest.raises(CheckpointError, match="not a checkpoint"):
         consolidate(tmp_path)
     broken = tmp_path / "broken"
     shutil.copytree(runs / "z0" / "checkpoints" / "step_2", broken)
     (broken / "config.yaml").write_text("model:\n  d_model: 48\n  n_heads: 5\n")
+    with pytest.raises(CheckpointError, match=r"broken/config.yaml: .* checksums.json records"):
+        consolidate(broken)          # a changed file is damage first
+    rewrite_checksums(broken)        # a config that is consistent with its checksums but wrong
     with pytest.raises(CheckpointError, match=r"broken/config.yaml: n_heads"):
         consolidate(broken)
     (broken / "config.yaml").write_text((runs / "z0" / "checkpoints" / "step_2" / "config.yaml").read_text()
                                         .replace("n_layers: 2", "n_layers: 3"))
+    rewrite_checksums(broken)
     with pytest.raises(CheckpointError, match=r"parameter layers\.2\.\S+ missing"):
         consolidate(broken)
     with pytest.raises(FileExistsError, match="already exists"):
