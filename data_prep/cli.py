@@ -1,7 +1,9 @@
 """Command line: `python -m data_prep {train-tokenizer,shard,verify} ... [--help]`.
 
-Every failure the user can fix (bad input, bad argument, corrupted shard) ends in a one-line message naming
-the file/line/field/value and exit status 1; argument syntax errors exit with 2 (argparse).
+Every failure ends in a one-line message naming the file/line/field/value. Exit status 2: something to fix
+(bad or truncated input, bad argument, corrupted shard, an output folder holding another run), argument syntax
+errors included (argparse); 3: the run itself failed (a worker process died; re-run to resume); 1 is left to
+unexpected crashes (a traceback), so scripts can tell them apart.
 """
 from __future__ import annotations
 
@@ -70,11 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="documents longer than this are encoded in whitespace-aligned pieces [%(default)s]")
     s.add_argument("-j", "--workers", type=int, default=1, help="tokenizer processes [%(default)s]")
     s.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    s.add_argument("--overwrite", action="store_true", help="discard shards of a different run in --output")
+    s.add_argument("--overwrite", action="store_true", help="delete every shard, manifest and journal in "
+                   "--output (another run's, or stray ones) and start over; without it such files are refused, "
+                   "never deleted")
 
     v = sub.add_parser("verify", help="re-check every shard against manifest.json",
                        description="Check every shard's size, index structure and sha256 against manifest.json; "
-                       "exit 1 naming the first bad file.")
+                       "exit 2 naming the first bad file.")
     v.add_argument("folder", help="output folder of `shard`")
     v.add_argument("--quick", action="store_true", help="sizes and index structure only, no checksums")
     v.add_argument("--no-progress", dest="progress", action="store_false")
@@ -109,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             run_verify(args.folder, "size" if args.quick else "full", args.progress)
     except (DataPrepError, ShardError, TokenizerError, ConfigError) as e:
         print(f"data_prep {args.command}: error: {e}", file=sys.stderr)
-        return 1
+        return getattr(e, "exit_status", 2)
     except KeyboardInterrupt:
         print(f"data_prep {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from data_prep.errors import DataPrepError
+from data_prep.errors import RunFailure
 from data_prep.text import split_text
 from pipeline.data.tokenizer import Tokenizer, TokenizerSpec
 
@@ -123,8 +123,8 @@ class OrderedEncoder:
                 m, fut = pending.popleft()
                 yield (m, *fut.result())
         except BrokenProcessPool:
-            raise DataPrepError("a tokenizer worker process died (killed, or out of memory?); re-run the same "
-                                "command to resume") from None
+            raise RunFailure("a tokenizer worker process died (killed, or out of memory?); re-run the same "
+                             "command to resume") from None
 
     def close(self, cancel: bool = False) -> None:
         if self._pool is not None:

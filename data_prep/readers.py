@@ -3,94 +3,31 @@
 Memory stays bounded by the largest document, never by the file or corpus: text and JSONL are read line by
 line through the (de)compressor, Parquet by record batches, HF datasets by Arrow batches (memory-mapped).
 Every reader counts what it repairs or skips into an InputStats, and turns any read failure into a one-line
-DataPrepError naming the file (and line or row where there is one).
+DataPrepError naming the file (and line or row where there is one). A file that ends early is a read failure
+wherever the format can tell (compressed.py, containers.py; docs/data_prep.md lists what cannot be told).
 """
 from __future__ import annotations
 
-import gzip
-import io
 import json
-import os
 import re
 import zlib
-from dataclasses import dataclass
 from typing import Iterator
 
+from data_prep.columnar import HfDiskReader, HfLoadReader, ParquetReader
+from data_prep.compressed import open_decompressed
 from data_prep.errors import DataPrepError
+from data_prep.reader_base import ReadOptions, Reader
 from data_prep.sources import InputSource
 from data_prep.stats import InputStats
-from data_prep.text import decode_utf8
 
-_BATCH_ROWS = 1024
+__all__ = ["ReadOptions", "Reader", "TextReader", "JsonlReader", "read_documents", "iter_nonempty"]
+
 _BINARY_PROBE = 8192
-
-
-@dataclass(frozen=True)
-class ReadOptions:
-    text_field: str = "text"
-    doc_split: str = "none"          # plain text: "none" (file = document) | "blank-lines" | "lines"
-    skip_bad: bool = False
-    hf_split: str | None = None
-
-
-class Reader:
-    """Base: `iter(reader)` yields raw document texts (maybe empty); `consumed` = input bytes read so far."""
-
-    def __init__(self, src: InputSource, opts: ReadOptions, stats: InputStats):
-        self.src, self.opts, self.stats = src, opts, stats
-        self.consumed = 0
-
-    def _decode(self, data: bytes) -> str:
-        text, bad = decode_utf8(data)
-        if bad:
-            self.stats.invalid_utf8_documents += 1
-            self.stats.invalid_utf8_sequences += bad
-        return text
-
-    def _bad(self, where: str, msg: str) -> None:
-        if not self.opts.skip_bad:
-            raise DataPrepError(f"{self.src.path}:{where}: {msg} (use --skip-bad to skip such records)")
-        self.stats.bad_records_skipped += 1
-
-    def _field(self, record, where: str) -> str | None:
-        field = self.opts.text_field
-        if not isinstance(record, dict):
-            self._bad(where, f"expected a JSON object, got {type(record).__name__}")
-            return None
-        value = record.get(field) if field in record else _dotted(record, field)
-        if value is None:
-            if field in record:
-                self._bad(where, f"field {field!r} is null")
-            else:
-                keys = ", ".join(list(record)[:8]) or "none"
-                self._bad(where, f"no field {field!r} (fields: {keys}; choose one with --text-field)")
-            return None
-        if not isinstance(value, str):
-            self._bad(where, f"field {field!r} is {type(value).__name__}, expected a string")
-            return None
-        return value
-
-
-def _dotted(record: dict, field: str):
-    node = record
-    for key in field.split("."):
-        if not isinstance(node, dict) or key not in node:
-            return None
-        node = node[key]
-    return node
 
 
 def _open_binary(src: InputSource):
     """(buffered decompressed stream, raw file) for a text or JSONL file."""
-    raw = open(src.path, "rb")
-    if src.compression == "gzip":
-        stream = gzip.GzipFile(fileobj=raw, mode="rb")
-    elif src.compression == "zstd":
-        import zstandard
-        stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-    else:
-        return io.BufferedReader(raw, buffer_size=1 << 20), raw
-    return io.BufferedReader(stream, buffer_size=1 << 20), raw
+    return open_decompressed(src.path, src.compression)
 
 
 def _read_errors():
@@ -182,6 +119,14 @@ class TextReader(Reader):
 
 
 class JsonlReader(Reader):
+    def _invalid(self, n: int, line: bytes, e: json.JSONDecodeError) -> None:
+        if not line.endswith(b"\n"):
+            # Only the last line can lack its line end, and a record cut there is exactly what a truncated file
+            # looks like: an error even with --skip-bad (skipping it would quietly drop the file's tail).
+            raise DataPrepError(f"{self.src.path}:{n}: the last line is incomplete JSON ({e.msg} at column "
+                                f"{e.colno}) and has no line end: the file looks truncated")
+        self._bad(str(n), f"invalid JSON ({e.msg} at column {e.colno})")
+
     def __iter__(self) -> Iterator[str]:
         stream, raw = _open_binary(self.src)
         with raw, stream:
@@ -197,102 +142,15 @@ class JsonlReader(Reader):
                     try:
                         record = json.loads(self._decode(line))
                     except json.JSONDecodeError as e:
-                        self._bad(str(n), f"invalid JSON ({e.msg} at column {e.colno})")
+                        self._invalid(n, line, e)
                         continue
                 except json.JSONDecodeError as e:
-                    self._bad(str(n), f"invalid JSON ({e.msg} at column {e.colno})")
+                    self._invalid(n, line, e)
                     continue
                 text = self._field(record, str(n))
                 if text is not None:
                     yield text
             self.consumed = raw.tell()
-
-
-def _column_texts(reader: Reader, values: list, first_row: int, where: str = "") -> Iterator[str]:
-    """Texts of one batch of a text column (rows numbered from 1 per file/split); nulls and non-strings are
-    bad records."""
-    field = reader.opts.text_field
-    for row, value in enumerate(values, start=first_row):
-        if isinstance(value, str):
-            yield value
-        elif value is None:
-            reader._bad(f"{where}row {row}", f"field {field!r} is null")
-        else:
-            reader._bad(f"{where}row {row}", f"field {field!r} is {type(value).__name__}, expected a string")
-
-
-def _require_column(src: InputSource, names: list[str], field: str, where: str = "") -> None:
-    if field not in names:
-        raise DataPrepError(f"{src.path}{where}: no column {field!r} (columns: {', '.join(names[:12])}; "
-                            "choose one with --text-field)")
-
-
-class ParquetReader(Reader):
-    def __iter__(self) -> Iterator[str]:
-        import pyarrow.parquet as pq
-        f = pq.ParquetFile(self.src.path)
-        _require_column(self.src, f.schema_arrow.names, self.opts.text_field)
-        size, total = os.path.getsize(self.src.path), max(1, f.metadata.num_rows)
-        done = 0
-        for batch in f.iter_batches(batch_size=_BATCH_ROWS, columns=[self.opts.text_field]):
-            yield from _column_texts(self, batch.column(0).to_pylist(), done + 1)
-            done += batch.num_rows
-            self.consumed = size * done // total
-
-
-class HfDiskReader(Reader):
-    """A `Dataset.save_to_disk` / `DatasetDict.save_to_disk` folder (every split, or --hf-split)."""
-
-    def __iter__(self) -> Iterator[str]:
-        import datasets
-        ds = datasets.load_from_disk(self.src.path)
-        if isinstance(ds, datasets.DatasetDict):
-            names = [self.opts.hf_split] if self.opts.hf_split else list(ds.keys())
-            for name in names:
-                if name not in ds:
-                    raise DataPrepError(f"{self.src.path}: no split {name!r} (splits: {', '.join(ds.keys())})")
-            parts = [(f" split {n}", ds[n]) for n in names]
-        else:
-            parts = [("", ds)]
-        size = self.src.nbytes()
-        total = max(1, sum(len(d) for _, d in parts))
-        done = 0
-        for where, d in parts:
-            _require_column(self.src, d.column_names, self.opts.text_field, where)
-            arrow = d.select_columns([self.opts.text_field]).with_format("arrow")
-            row = 1
-            for table in arrow.iter(batch_size=_BATCH_ROWS):
-                yield from _column_texts(self, table.column(0).to_pylist(), row, f"{where.strip()} " if where else "")
-                row += table.num_rows
-                done += table.num_rows
-                self.consumed = size * done // total
-
-
-class HfLoadReader(Reader):
-    """Local files or a local dataset folder through `datasets.load_dataset(..., streaming=True)`."""
-
-    def __iter__(self) -> Iterator[str]:
-        import datasets
-        kwargs = {}
-        if self.src.builder == "csv" and all(f.endswith(".tsv") for f in self.src.data_files):
-            kwargs["delimiter"] = "\t"
-        target = self.src.builder or self.src.path
-        files = list(self.src.data_files) or None
-        try:
-            ds = datasets.load_dataset(target, data_files=files, split=self.opts.hf_split or "train",
-                                       streaming=True, **kwargs)
-        except (ValueError, FileNotFoundError) as e:
-            raise DataPrepError(f"{self.src.path}: datasets.load_dataset failed ({str(e).splitlines()[0]})") from None
-        size, row = self.src.nbytes(), 1
-        for batch in ds.iter(batch_size=_BATCH_ROWS):
-            if row == 1:
-                _require_column(self.src, list(batch), self.opts.text_field)
-            values = batch[self.opts.text_field]
-            yield from _column_texts(self, values, row)
-            row += len(values)
-            # Rows carry no file offsets when streaming: estimate progress by the text read so far.
-            self.consumed = min(size, self.consumed + sum(len(t) for t in values if isinstance(t, str)))
-        self.consumed = size
 
 
 _READERS = {"text": TextReader, "jsonl": JsonlReader, "parquet": ParquetReader, "hf_disk": HfDiskReader,

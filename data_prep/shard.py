@@ -138,7 +138,9 @@ def _run_locked(cfg: ShardConfig, sources: list[InputSource], tokenizer: Tokeniz
     except BaseException:
         for w in writers.values():
             w.abort()
-        journal.close()
+        # A journal without shards has nothing to resume; left behind it would only make the next run with other
+        # inputs (e.g. the fixed file) refuse this folder as another run's.
+        journal.close(remove=not any(state.kept.values()) and not any(w.records for w in writers.values()))
         progress.close()
         raise
     progress.close()

@@ -15,7 +15,7 @@ from tests.data_prep.conftest import decoded, run_cli, shard_ok
 
 def _shard_fails(tmp_path, tok, *inputs_and_flags):
     rc, _, err = run_cli("shard", "--no-progress", "-o", tmp_path / "out", "-t", tok, *inputs_and_flags)
-    assert rc == 1, err
+    assert rc == 2, err
     assert err.startswith("data_prep shard: error: ") and err.count("\n") == 1, err
     assert not (tmp_path / "out" / "manifest.json").exists()
     return err

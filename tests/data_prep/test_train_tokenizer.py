@@ -43,9 +43,9 @@ def test_training_is_deterministic(tmp_path):
 def test_errors_and_help(tmp_path):
     (tmp_path / "e.txt").write_text("  \n")
     rc, _, err = run_cli("train-tokenizer", tmp_path / "e.txt", "-o", tmp_path / "m.model", "--vocab-size", 600)
-    assert rc == 1 and "no usable text" in err
+    assert rc == 2 and "no usable text" in err
     rc, _, err = run_cli("train-tokenizer", tmp_path / "e.txt", "-o", tmp_path / "m.bin")
-    assert rc == 1 and "--output: must be a path ending in .model" in err
+    assert rc == 2 and "--output: must be a path ending in .model" in err
     for cmd in ("train-tokenizer", "shard", "verify"):
         rc, out, _ = run_cli(cmd, "--help")
         assert rc == 0 and "usage: python -m data_prep " + cmd in out

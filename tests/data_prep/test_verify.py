@@ -35,7 +35,7 @@ def test_clean_folder_verifies(shards):
 def test_flipped_byte_is_named_by_verify_and_loader(shards, name, offset):
     _flip(shards / name, offset)
     rc, _, err = run_cli("verify", "--no-progress", shards)
-    assert rc == 1 and name in err and err.count("\n") == 1, err
+    assert rc == 2 and name in err and err.count("\n") == 1, err
     with pytest.raises(ShardError, match=name):
         load_manifest(shards, verify="full")
 
@@ -47,7 +47,7 @@ def test_truncated_and_missing_shards_are_caught_by_size_check(shards):
         load_manifest(shards, verify="size")
     (shards / "val_00000.idx").unlink()
     rc, _, err = run_cli("verify", "--quick", "--no-progress", shards)
-    assert rc == 1 and "train_00003.bin" in err   # the first bad file in manifest order
+    assert rc == 2 and "train_00003.bin" in err   # the first bad file in manifest order
 
 
 def test_missing_shard_and_edited_manifest(shards):
@@ -61,7 +61,7 @@ def test_missing_shard_and_edited_manifest(shards):
         load_manifest(shards, verify="none")
     (shards / "manifest.json").write_text("{not json")
     rc, _, err = run_cli("verify", shards)
-    assert rc == 1 and "manifest.json: not valid JSON" in err
+    assert rc == 2 and "manifest.json: not valid JSON" in err
     (shards / "manifest.json").unlink()
     rc, _, err = run_cli("verify", shards)
-    assert rc == 1 and "manifest.json: missing" in err
+    assert rc == 2 and "manifest.json: missing" in err

@@ -88,7 +88,7 @@ def test_folder_of_another_run_needs_overwrite(tmp_path, sp_model):
     shard_ok(corpus, "-o", tmp_path / "o", "-t", sp_model)
     rc, _, err = run_cli("shard", "--no-progress", corpus, "-o", tmp_path / "o", "-t", sp_model,
                          "--val-fraction", 0.5)
-    assert rc == 1 and "different run" in err and "--overwrite" in err
+    assert rc == 2 and "different run" in err and "--overwrite" in err
     shard_ok(corpus, "-o", tmp_path / "o", "-t", sp_model, "--val-fraction", 0.5, "--overwrite")
     assert load_manifest(tmp_path / "o").arguments["val_fraction"] == 0.5
 
@@ -104,6 +104,6 @@ def test_output_inside_input_folder_and_concurrent_runs(tmp_path, sp_model):
     held = lock_folder(tmp_path / "busy")
     try:
         rc, _, err = run_cli("shard", "--no-progress", corpus / "a.txt", "-o", tmp_path / "busy", "-t", sp_model)
-        assert rc == 1 and "another data_prep shard run is writing to this folder" in err
+        assert rc == 2 and "another data_prep shard run is writing to this folder" in err
     finally:
         held.close()

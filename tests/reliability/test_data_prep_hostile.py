@@ -53,7 +53,7 @@ def test_hostile_corpus_is_sharded_counted_and_bounded(tmp_path, sp_model):  # n
     corpus = hostile_corpus(tmp_path)
 
     refused, _ = shard(corpus, tmp_path / "refused", sp_model)
-    assert refused.returncode == 1
+    assert refused.returncode == 2
     assert refused.stderr.count("\n") == 1 and "nested/blob.txt: holds binary data" in refused.stderr
     assert not (tmp_path / "refused" / "manifest.json").exists()
 
