@@ -8,7 +8,9 @@ Overrides are dotted keys of the run config (pipeline/config/run.py), e.g. `trai
 deepspeed.zero_stage=2 model=configs/model/olmoe-7b.yaml`. A run resumes from run_dir's latest checkpoint
 by default (train.resume=auto). Configuration and data problems end with a one-line error and exit code 2;
 failures during training (a checkpoint that cannot be written, too many non-finite steps, a collective that
-failed or timed out because another rank died) with a one-line error and exit code 3.
+failed or timed out because another rank died) with a one-line error and exit code 3. A stop signal
+(train.stop_signals, default SIGTERM and SIGUSR1) or train.max_duration_s ends the run after the current step
+with a checkpoint and exit code 75; rerunning the same command resumes exactly.
 """
 from __future__ import annotations
 
@@ -77,8 +79,14 @@ def main(argv: list[str] | None = None) -> int:
 
     if trainer.step >= trainer.stop_step and trainer.dist.rank == 0:
         print(f"{cfg.run_dir} is already at step {trainer.step}: nothing to train", flush=True)
+    from pipeline.train.preemption import STOPPED_EXIT_CODE, StopRequested
+
     try:
         trainer.fit()
+    except StopRequested as e:
+        if trainer.dist.rank == 0:
+            print(f"stopped: {e}", file=sys.stderr, flush=True)
+        return STOPPED_EXIT_CODE
     except (CheckpointWriteError, TrainingDivergedError) as e:
         print(f"error: rank {trainer.dist.rank}: {e}", file=sys.stderr, flush=True)
         return 3

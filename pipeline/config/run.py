@@ -7,6 +7,7 @@ apply on top. The resolved tree is saved with every checkpoint, so a run is repr
 """
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
@@ -54,6 +55,10 @@ class TrainConfig:
     hard_stop_step: int | None = None   # stop (checkpointing) at this step without changing the schedule
     max_bad_steps: int = 5              # stop after this many consecutive steps with a NaN/Inf loss (each skipped)
     lock_stale_s: float = 300.0         # a run_dir lock of another host with no heartbeat this long is stale
+    # Preemption: any of these signals, or this much wall time since start, ends the run after the current
+    # step with a checkpoint and exit code 75 (pipeline/train/preemption.py).
+    stop_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
+    max_duration_s: float | None = None
 
     def validate(self) -> None:
         check(self.max_steps >= 1, "max_steps", f"must be >= 1, got {self.max_steps}")
@@ -64,6 +69,12 @@ class TrainConfig:
               f"must be >= 1, got {self.hard_stop_step}")
         check(self.max_bad_steps >= 1, "max_bad_steps", f"must be >= 1, got {self.max_bad_steps}")
         check(self.lock_stale_s > 0, "lock_stale_s", f"must be > 0 seconds, got {self.lock_stale_s}")
+        check(self.max_duration_s is None or self.max_duration_s > 0, "max_duration_s",
+              f"must be > 0 seconds or null, got {self.max_duration_s}")
+        for name in self.stop_signals:
+            check(name.startswith("SIG") and isinstance(getattr(signal, name, None), signal.Signals)
+                  and name not in ("SIGKILL", "SIGSTOP"), "stop_signals",
+                  f"{name!r} is not a signal a process can catch (e.g. SIGTERM, SIGUSR1, SIGUSR2, SIGINT)")
         check(bool(self.resume), "resume", "must be auto, never, restart or a checkpoint folder")
 
 

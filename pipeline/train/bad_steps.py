@@ -75,6 +75,10 @@ class BadStepGuard:
         self._bad: torch.Tensor | None = None
         self.grads_to_check = lambda: []   # the gradients no one else checks (set by the Trainer)
         self.reason = "loss"
+        # A stop request (pipeline/train/preemption.py) rides on the same all-reduce, so every rank stops
+        # after the same step at no extra collective.
+        self.stop_requested = lambda: False
+        self.stop_agreed = False
 
     def state_dict(self) -> dict:
         return {"skipped_steps": self.skipped_total}
@@ -101,10 +105,11 @@ class BadStepGuard:
     def decide(self) -> bool:
         """Collective (every rank, once per optimizer step, before engine.step()): skip this update?"""
         bad_loss = self._bad if self._bad is not None else torch.zeros(())
-        bad = torch.stack([bad_loss.reshape(()).float().cpu(), self._bad_gradients().cpu()]).to(self.device)
+        stop = torch.tensor(1.0 if self.stop_requested() else 0.0)
+        bad = torch.stack([bad_loss.reshape(()).float().cpu(), self._bad_gradients().cpu(), stop]).to(self.device)
         if self.world_size > 1:
             dist.all_reduce(bad)
-        bad_loss, bad_grad = (float(x) > 0 for x in bad.cpu())
+        bad_loss, bad_grad, self.stop_agreed = (float(x) > 0 for x in bad.cpu())
         skip = bad_loss or bad_grad
         self.reason = "loss" if bad_loss else "gradient"
         for opt in self.optimizers:

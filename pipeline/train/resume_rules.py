@@ -27,7 +27,8 @@ MAY_CHANGE = (
     "run_dir", "model.name", "model.note", "model.activation_checkpointing",
     "data.path", "data.val_split", "data.verify", "data.tokenizer_sha256",
     "train.max_steps", "train.global_batch_size", "train.micro_batch_size", "train.resume",
-    "train.hard_stop_step", "train.max_bad_steps", "train.lock_stale_s",
+    "train.hard_stop_step", "train.max_bad_steps", "train.lock_stale_s", "train.stop_signals",
+    "train.max_duration_s",
     "optim.lr", "optim.oe_lr_multiplier", "optim.grad_clip", "schedule.*",
     "deepspeed.precision", "deepspeed.config_file", "deepspeed.backend", "deepspeed.timeout_s",
     "parallel.oe_shard_group",   # OE table rows are read back by row range on any split

@@ -20,6 +20,7 @@ from pipeline.train.bad_steps import BadStepGuard, find_skippable_optimizers
 from pipeline.train.callbacks.callback import Callback, ordered
 from pipeline.train.distributed import DistInfo
 from pipeline.train.param_groups import learning_rate_metrics
+from pipeline.train.preemption import StopFlag, StopRequested, clear_marker, write_marker
 from pipeline.train.step_stats import StepStats
 
 CHECKPOINT_FORMAT_VERSION = 1
@@ -50,6 +51,7 @@ class Trainer:
         self.bad_steps = BadStepGuard(cfg.train.max_bad_steps, find_skippable_optimizers(engine),
                                       dist_info.world_size, dist_info.device, dist_info.backend, dist_info.rank)
         self.bad_steps.grads_to_check = self._unchecked_gradients
+        self.stop_flag: StopFlag | None = None   # set by fit: signals / max_duration_s
         self.metrics_due = False
         self._metrics: dict[str, float] | None = None
 
@@ -99,6 +101,13 @@ class Trainer:
 
     # ---- the loop --------------------------------------------------------------------------------------
     def fit(self) -> None:
+        """Train to the stop step. Raises StopRequested after checkpointing when a stop signal or the time
+        limit ended the run early (every rank after the same step)."""
+        t = self.cfg.train
+        self.stop_flag = StopFlag(list(t.stop_signals), t.max_duration_s)
+        self.bad_steps.stop_requested = self.stop_flag.requested
+        if self.dist.rank == 0:
+            clear_marker(self.cfg.run_dir)   # this start resumes whatever a preempted run left
         try:
             for cb in self.callbacks:
                 cb.on_train_start(self)
@@ -113,6 +122,8 @@ class Trainer:
                     cb.on_step_end(self, result)
                 self._metrics = None
                 self.bad_steps.check(self.step)
+                if self.bad_steps.stop_agreed:
+                    self._stop_here()
             for cb in self.callbacks:
                 cb.on_train_end(self)
         except BaseException as error:
@@ -120,8 +131,18 @@ class Trainer:
                 cb.on_error(self, error)
             raise
         finally:
+            self.stop_flag.restore()
             for cb in self.callbacks:
                 cb.close(self)
+
+    def _stop_here(self) -> None:
+        reason = self.stop_flag.reason or "a stop signal on another rank"
+        last = checkpoint.find_latest_checkpoint(self.cfg.run_dir)
+        if last is None or last.name != f"step_{self.step}":
+            last = self.save_checkpoint()   # collective: every rank agreed to stop after this step
+        if self.dist.rank == 0:
+            write_marker(self.cfg.run_dir, self.step, reason)
+        raise StopRequested(self.step, reason, last)
 
     def train_step(self, collect: bool) -> StepResult:
         engine = self.engine
