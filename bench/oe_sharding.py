@@ -18,12 +18,13 @@ import os
 import statistics
 import time
 
+from bench.ranks import spawn_ranks
 from bench.timing import load_average, write_json
 
 MODES = ("replicated", "sharded", "sharded+sparse")
 
 
-def worker(rank: int, world: int, args, port: int, out) -> None:
+def worker(rank: int, world: int, port: int, out, args) -> None:
     import torch
     import torch.distributed as dist
 
@@ -132,18 +133,7 @@ def worker(rank: int, world: int, args, port: int, out) -> None:
 
 
 def run_world(world: int, args) -> dict:
-    import torch.multiprocessing as mp
-
-    from pipeline.train.distributed import free_port
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=worker, args=(r, world, args, port, out)) for r in range(world)]
-    for p in procs:
-        p.start()
-    res = dict(out.get(timeout=3600) for _ in procs)
-    for p in procs:
-        p.join()
+    res = dict(enumerate(spawn_ranks(worker, world, (args,), timeout=3600)))
     r = dict(res[0])
     for key in ("measured", "minimum", "no_dedupe", *MODES, "share_lookup", "share_comm"):
         r[key] = statistics.mean(res[k][key] for k in res)        # every rank holds the same number of tokens

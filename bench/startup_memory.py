@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.ranks import spawn_ranks
 from bench.timing import load_average, write_json
 
 MIB = 2**20
@@ -97,7 +98,7 @@ def measure_startup(overrides: list[str], model_factory=None) -> dict:
             "full_table_bytes": full_rows * table.shape[1] * table.element_size()}
 
 
-def _rank(rank: int, world: int, port: int, overrides: list[str], out) -> None:
+def _rank(rank: int, world: int, port: int, out, overrides: list[str]) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
     import torch
@@ -106,18 +107,7 @@ def _rank(rank: int, world: int, port: int, overrides: list[str], out) -> None:
 
 
 def run_world(world: int, overrides: list[str]) -> list[dict]:
-    import torch.multiprocessing as mp
-
-    from pipeline.train.distributed import free_port
-    ctx = mp.get_context("spawn")
-    out, port = ctx.Queue(), free_port()
-    procs = [ctx.Process(target=_rank, args=(r, world, port, overrides, out)) for r in range(world)]
-    for p in procs:
-        p.start()
-    res = dict(out.get(timeout=1800) for _ in procs)
-    for p in procs:
-        p.join()
-    return [res[r] for r in range(world)]
+    return spawn_ranks(_rank, world, (overrides,), timeout=1800)
 
 
 def main() -> None:

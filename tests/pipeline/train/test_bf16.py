@@ -23,7 +23,8 @@ import pytest
 import torch
 
 from tests.helpers.multirank import run_ranks
-from tests.pipeline.train.runs import make_shards, step_losses, tiny_config, train_in_process
+from tests.pipeline.train.runs import make_shards, step_losses, tiny_config
+from tests.pipeline.train.test_parallel_training import probe_input
 
 U = 2.0 ** -9
 STEPS = 20
@@ -41,10 +42,6 @@ def adam_steps(trainer) -> set[int]:
     if trainer.external is not None:
         opts += [opt for opt, _ in trainer.external.optimizers]
     return {int(state["step"]) for opt in opts for state in opt.state.values() if "step" in state}
-
-
-def probe_input() -> torch.Tensor:
-    return torch.randint(0, 512, (2, 16), generator=torch.Generator().manual_seed(7))
 
 
 def run(shards, run_dir, *overrides, probe: bool = False):
