@@ -23,12 +23,13 @@ def test_ranks_stop_when_the_launcher_is_killed(tmp_path):
         env.pop(key, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), str(REPO / "launch" / "train.py"), "--config", str(TINY_RUN),
-           f"data.path={shards}", f"run_dir={run_dir}", "train.max_steps=100000", "checkpoint.every=1",
+           f"data.path={shards}", f"run_dir={run_dir}", "train.max_steps=100000", "checkpoint.every=1", "checkpoint.keep_last=0",
            "eval.every=0", "log.tensorboard=false"]
     launcher = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 180
-        while not (run_dir / "checkpoints" / "step_2").is_dir():   # training, and checkpointing every step
+        # training, and checkpointing every step (all kept: a poll must not miss a short-lived step_2)
+        while not (run_dir / "checkpoints" / "step_2").is_dir():
             assert launcher.poll() is None and time.monotonic() < deadline, "the run did not start"
             time.sleep(0.5)
         ranks = psutil.Process(launcher.pid).children(recursive=True)
