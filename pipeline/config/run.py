@@ -148,6 +148,10 @@ class CheckpointConfig:
     every: int = 1000                   # steps between checkpoints (run_dir/checkpoints/step_N); 0: never
     keep_last: int = 3                  # older checkpoints are deleted; 0 keeps all
     save_at_end: bool = True            # also checkpoint the final (or hard-stop) step
+    # Also write the DeepSpeed-held parameters and their optimizer state in the layout-free format
+    # (step_N/layout_free/), so the checkpoint resumes on any world size, tp, ep or ZeRO stage. Costs one more
+    # copy of the dense fp32 state (12 bytes per dense parameter); the OE table and experts are not repeated.
+    layout_free: bool = True
 
     def validate(self) -> None:
         check(self.every >= 0, "every", f"must be >= 0, got {self.every}")

@@ -37,22 +37,37 @@ def save_row_shards(directory: str | Path, param: torch.Tensor, row_range: tuple
             tensors[key] = state[key].detach().contiguous().cpu()
     if "step" in state:
         tensors["step"] = torch.as_tensor(state["step"], dtype=torch.float32).reshape(1).cpu()
-    name = f"shard-{rank:05d}-of-{world:05d}.safetensors"
-    tmp = tmp_path_for(directory / name)
-    save_file(tensors, str(tmp))
-    commit(tmp, directory / name)
+    write_shard(directory, rank, world, tensors)
     ranges = torch.tensor(row_range, dtype=torch.long)
     all_ranges = torch.empty(2 * world, dtype=torch.long)
     dist.all_gather_into_tensor(all_ranges, ranges, group=group)
     dist.barrier(group=group)                      # every shard file is in place before meta.json
     if rank == 0:
-        starts_ends = all_ranges.view(world, 2).tolist()
-        atomic_write_bytes(directory / "meta.json", json.dumps({
-            "format": FORMAT, "global_rows": global_rows, "dim": param.shape[1], "dtype": str(param.dtype),
-            "world_size": world, "has_optimizer": sorted(k for k in tensors if k != "param"),
-            "shards": [{"file": f"shard-{r:05d}-of-{world:05d}.safetensors", "row_start": s, "row_end": e}
-                       for r, (s, e) in enumerate(starts_ends)]}, indent=1).encode())
+        write_meta(directory, global_rows, param, sorted(k for k in tensors if k != "param"),
+                   [tuple(r) for r in all_ranges.view(world, 2).tolist()])
     dist.barrier(group=group)
+
+
+def shard_file(rank: int, world: int) -> str:
+    return f"shard-{rank:05d}-of-{world:05d}.safetensors"
+
+
+def write_meta(directory: Path, global_rows: int, like: torch.Tensor, has_optimizer: list[str],
+               ranges: list[tuple[int, int]]) -> None:
+    """meta.json, last: every shard file named in it is already in place. `like`: a shard (trailing shape, dtype)."""
+    world = len(ranges)
+    atomic_write_bytes(Path(directory) / "meta.json", json.dumps({
+        "format": FORMAT, "global_rows": global_rows, "dim": like.shape[1], "trailing_shape": list(like.shape[1:]),
+        "dtype": str(like.dtype), "world_size": world, "has_optimizer": has_optimizer,
+        "shards": [{"file": shard_file(r, world), "row_start": s, "row_end": e}
+                   for r, (s, e) in enumerate(ranges)]}, indent=1).encode())
+
+
+def write_shard(directory: Path, rank: int, world: int, tensors: dict[str, torch.Tensor]) -> None:
+    target = Path(directory) / shard_file(rank, world)
+    tmp = tmp_path_for(target)
+    save_file(tensors, str(tmp))
+    commit(tmp, target)
 
 
 def read_meta(directory: str | Path) -> dict:

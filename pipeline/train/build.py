@@ -9,11 +9,12 @@ import torch
 
 from pipeline.config.run import RunConfig, run_config_to_yaml
 from pipeline.data.loader import build_loaders
-from pipeline.train.bad_steps import SkippableAdamW
+from pipeline.train.bad_steps import SkippableAdamW, find_skippable_optimizers
 from pipeline.train.callbacks import CheckpointCallback, MetricsCallback, SpeedCallback, ValidationCallback
 from pipeline.train.callbacks.run_lock import RunLockCallback
 from pipeline.train.deepspeed_config import build_deepspeed_config
 from pipeline.train.distributed import DistInfo, init_distributed, populate_env
+from pipeline.train.layout_free import LayoutFreeState
 from pipeline.train.lr_schedule import WarmupDecaySchedule
 from pipeline.train.parallel_run import ParallelRun, check_run_layout
 from pipeline.train.param_groups import build_param_groups
@@ -96,8 +97,10 @@ def _build(cfg: RunConfig, dist_info: DistInfo | None, model_factory, rank: int,
         model = model_factory(cfg.model)   # materialised (shards copied) or on meta (materialised per rank)
     model = parallel.prepare_model(model)
     engine = build_engine(model, cfg, parallel.dp_size, dist_info.device, parallel)
+    layout_free = LayoutFreeState(engine, find_skippable_optimizers(engine)[0], parallel.dp_rank,
+                                  parallel.groups.tp_rank if parallel.groups is not None else 0, parallel.external)
     trainer = Trainer(cfg, dist_info, engine, train_data, build_callbacks(cfg, dist_info, parallel, val_data, lock),
-                      external=parallel.external, config_yaml=run_config_to_yaml(cfg))
+                      external=parallel.external, config_yaml=run_config_to_yaml(cfg), layout_free=layout_free)
     ckpt = resume_trainer(trainer, cfg, world, rank)
     if ckpt is not None and rank == 0:
         print(f"resumed from {ckpt} at step {trainer.step}", flush=True)

@@ -4,6 +4,9 @@ Layout of one checkpoint:
     step_N/model/            DeepSpeed save_checkpoint (module, optimizer / ZeRO partitions, lr scheduler)
     step_N/external/NAME/    parameters kept outside DeepSpeed (row-sharded OE table, expert shards) with their
                              optimizer state, one safetensors file per shard + meta.json (any world size on load)
+    step_N/layout_free/      the DeepSpeed-held parameters and their optimizer state again, readable by any layout
+                             (pipeline/train/layout_free.py; checkpoint.layout_free): a resume on another world
+                             size, tp, ep or ZeRO stage reads this and external/ instead of model/
     step_N/rng/rank_R.pt     every RNG of rank R (torch.save of tensors/ints only: loaded weights_only)
     step_N/trainer_state.json step, data-loader position, data identity, world size (plain JSON)
     step_N/config.yaml       the resolved run config
@@ -30,10 +33,10 @@ import torch.distributed as dist
 from pipeline.data.atomic_io import atomic_write_bytes, fsync_dir
 from pipeline.train.checkpoint_manifest import MANIFEST, write_manifest
 from pipeline.train.checkpoint_safety import check_checkpoint_is_safe
+from pipeline.train.layout_free import EXTERNAL_DIR, LAYOUT_FREE_DIR
 from pipeline.train.rng_state import capture_rng_state, restore_rng_state
 
 DS_TAG = "model"                    # DeepSpeed's folder (its checkpoint tag)
-EXTERNAL_DIR = "external"           # parameters kept outside DeepSpeed, one sub-folder per parameter
 RNG_DIR = "rng"
 STATE_FILE = "trainer_state.json"
 CONFIG_FILE = "config.yaml"
@@ -101,9 +104,10 @@ def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
 
 
 def save_checkpoint(engine, run_dir: str | Path, step: int, trainer_state: dict, config_yaml: str,
-                    keep_last: int, external=None) -> Path:
+                    keep_last: int, external=None, layout_free=None) -> Path:
     """Collective: every rank must call it. Returns the final checkpoint folder. `external`: the parameters
-    kept outside DeepSpeed (pipeline/train/external_params.py), written into step_N/external/ before the rename."""
+    kept outside DeepSpeed (pipeline/train/external_params.py), written into step_N/external/ before the rename;
+    `layout_free`: a LayoutFreeState (pipeline/train/layout_free.py) writing step_N/layout_free/, or None."""
     root = checkpoint_root(run_dir)
     final, tmp = root / f"step_{step}", root / f".tmp_step_{step}"
     rank = _rank()
@@ -121,6 +125,8 @@ def save_checkpoint(engine, run_dir: str | Path, step: int, trainer_state: dict,
         engine.save_checkpoint(str(tmp), tag=DS_TAG, client_state={}, save_latest=False)
         if external is not None:
             external.save(tmp / EXTERNAL_DIR)
+        if layout_free is not None:
+            layout_free.save(tmp / LAYOUT_FREE_DIR)
         torch.save(capture_rng_state(), tmp / RNG_DIR / f"rank_{rank:05d}.pt")
     except dist.DistError:
         raise  # a collective failed: not a write problem (launch/train.py reports it)
@@ -185,16 +191,23 @@ def read_trainer_state(ckpt: Path) -> dict:
     return json.loads((ckpt / STATE_FILE).read_text())
 
 
-def load_checkpoint(engine, ckpt: Path, external=None) -> dict:
+def load_checkpoint(engine, ckpt: Path, external=None, repartition=None) -> dict:
     """Collective. Restores module, optimizer and lr scheduler (DeepSpeed), the external parameters with their
-    optimizer state, and this rank's RNGs; returns the trainer state saved with them."""
-    check_checkpoint_is_safe(ckpt)  # before DeepSpeed unpickles anything from the folder
-    load_path, _ = engine.load_checkpoint(str(ckpt), tag=DS_TAG, load_optimizer_states=True,
-                                          load_lr_scheduler_states=True)
-    if load_path is None:
-        raise RuntimeError(f"{ckpt}: DeepSpeed could not load the checkpoint under tag {DS_TAG!r}")
-    if external is not None:
-        external.load(ckpt / EXTERNAL_DIR)
+    optimizer state, and this rank's RNGs; returns the trainer state saved with them. `repartition`: a
+    LayoutFreeState when the checkpoint was saved on another layout: every parameter and its optimizer state
+    are then read from layout_free/ and external/, DeepSpeed's own per-rank files are not used."""
+    if repartition is not None:
+        for line in repartition.load(ckpt):
+            if _rank() == 0:
+                print(line, flush=True)
+    else:
+        check_checkpoint_is_safe(ckpt)  # before DeepSpeed unpickles anything from the folder
+        load_path, _ = engine.load_checkpoint(str(ckpt), tag=DS_TAG, load_optimizer_states=True,
+                                              load_lr_scheduler_states=True)
+        if load_path is None:
+            raise RuntimeError(f"{ckpt}: DeepSpeed could not load the checkpoint under tag {DS_TAG!r}")
+        if external is not None:
+            external.load(ckpt / EXTERNAL_DIR)
     engine.lr_scheduler.apply()   # the restored schedule position sets the optimizer's lrs now
     rng_file = ckpt / RNG_DIR / f"rank_{_rank():05d}.pt"
     if rng_file.is_file():  # absent when resuming with more ranks than saved: data order is seed-derived

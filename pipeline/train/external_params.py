@@ -183,7 +183,7 @@ class ExternalParams:
         return {"lr_oe": self.cfg.optim.lr * self.cfg.optim.oe_lr_multiplier * lr_factor(step - 1, self.cfg.schedule)}
 
     # ---- checkpoints -----------------------------------------------------------------------------------
-    def _optimizer_of(self, p: ExternalParam):
+    def optimizer_of(self, p: ExternalParam):
         return self.table_optimizer if p.kind == "oe_table" else self.expert_optimizer
 
     def save(self, folder: Path) -> None:
@@ -194,7 +194,7 @@ class ExternalParams:
         for p in self.params:
             if p.writer:
                 save_row_shards(Path(folder) / p.name, p.param, (p.start, p.end), p.full, p.group,
-                                self._optimizer_of(p))
+                                self.optimizer_of(p))
         if dist.is_initialized():
             dist.barrier()
 
@@ -207,4 +207,4 @@ class ExternalParams:
             if not shard_dir.is_dir():
                 raise FileNotFoundError(f"{shard_dir}: missing (the checkpoint was saved with a layout that kept "
                                         f"{p.name} inside DeepSpeed)")
-            load_row_shards(shard_dir, p.param, (p.start, p.end), p.full, self._optimizer_of(p))
+            load_row_shards(shard_dir, p.param, (p.start, p.end), p.full, self.optimizer_of(p))

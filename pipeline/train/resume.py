@@ -17,8 +17,10 @@ import yaml
 
 from pipeline.config.base import ConfigError, from_dict
 from pipeline.config.run import RunConfig, ScheduleConfig, run_config_to_yaml
-from pipeline.train.checkpoint import CONFIG_FILE, STATE_FILE, checkpoint_root, complete_checkpoints, resume_candidates
+from pipeline.train.checkpoint import (CONFIG_FILE, DS_TAG, STATE_FILE, checkpoint_root, complete_checkpoints,
+                                       resume_candidates)
 from pipeline.train.checkpoint_manifest import CheckpointDamaged, verify_checkpoint, verify_files
+from pipeline.train.layout_free import LAYOUT_FREE_DIR, STATE_JSON
 from pipeline.train.lr_schedule import lr_factor
 from pipeline.train.resume_rules import check_resume
 
@@ -44,18 +46,24 @@ def _lr_line(saved: dict, cfg: RunConfig, step: int) -> str:
     return f"lr of the next update (step {step + 1}) {old:.4g} -> {new:.4g}"
 
 
-def admissible(ckpt: Path, cfg: RunConfig, world: int) -> list[str]:
-    """Not collective. The "key old -> new" changes this resume applies; ConfigError if it may not happen,
-    CheckpointDamaged if the checkpoint's config or state fails its checksums."""
+def admissible(ckpt: Path, cfg: RunConfig, world: int) -> tuple[list[str], list[str]]:
+    """Not collective. (The "key old -> new" changes this resume applies, the layout changes it re-partitions
+    for); ConfigError if it may not happen, CheckpointDamaged if the checkpoint's config or state fails its
+    checksums."""
     saved, state = _read_saved(ckpt)
     current = yaml.safe_load(run_config_to_yaml(cfg))
-    changes = check_resume(saved, state.get("world_size"), current, world, str(ckpt))
+    has_layout_free = (ckpt / LAYOUT_FREE_DIR / STATE_JSON).is_file()
+    changes, layout = check_resume(saved, state.get("world_size"), current, world, str(ckpt), has_layout_free)
+    if not layout and not (ckpt / DS_TAG).is_dir():
+        if not has_layout_free:
+            raise CheckpointDamaged(f"{ckpt}: neither DeepSpeed's {DS_TAG}/ nor {LAYOUT_FREE_DIR}/ is there")
+        layout = [f"{ckpt.name} holds only the layout-free state (written by pipeline.train.reshard)"]
     if any(c.startswith(SCHEDULE_KEYS) for c in changes):
         try:
             changes.append(_lr_line(saved, cfg, int(state["step"])))
         except (ConfigError, KeyError, TypeError, ValueError):
             pass   # an older config without these keys: the key lines above say what changed
-    return changes
+    return changes, layout
 
 
 def precheck_resume(cfg: RunConfig, world: int) -> None:
@@ -89,7 +97,7 @@ def resume_trainer(trainer, cfg: RunConfig, world: int, rank: int) -> Path | Non
     skipped: list[str] = []
     for ckpt in resume_candidates(cfg.train.resume, cfg.run_dir):
         try:
-            changes = admissible(ckpt, cfg, world)
+            changes, layout = admissible(ckpt, cfg, world)
             verify_checkpoint(ckpt, collective=True)
         except CheckpointDamaged as e:
             if cfg.train.resume != "auto":
@@ -102,7 +110,9 @@ def resume_trainer(trainer, cfg: RunConfig, world: int, rank: int) -> Path | Non
                       flush=True)
             for c in changes:
                 print(f"changed on resume: {c}", flush=True)
-        trainer.resume_from(ckpt)
+            for c in layout:
+                print(f"layout changed on resume: {c} (re-partitioning the layout-free state)", flush=True)
+        trainer.resume_from(ckpt, repartition=bool(layout))
         return ckpt
     if skipped:
         raise CheckpointDamaged(f"{checkpoint_root(cfg.run_dir)}: no intact checkpoint to resume from: "

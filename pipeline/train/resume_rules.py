@@ -6,8 +6,9 @@ Every checkpoint stores the resolved run config (config.yaml). On resume the two
   (every model.* key except the ones below, data.seq_len / train_split, train.seed, optim betas / eps /
   weight decays, parallel.table_optimizer) are refused with a one-line diff: the run would silently train
   another model, or DeepSpeed would restore the old value over the new one;
-- layout changes that cannot resume yet (tp, ep, ZeRO stage, and the data-parallel size under ZeRO-1/2/3
-  whose optimizer partitions are per rank) are refused, naming the recorded and the current layout;
+- layout changes (tp, ep, ZeRO stage, and the data-parallel size under ZeRO-1/2/3 whose optimizer partitions
+  are per rank) resume by re-partitioning the checkpoint's layout-free state (pipeline/train/layout_free.py);
+  a checkpoint without it (checkpoint.layout_free false) is refused, naming both layouts;
 - keys that may change are applied and printed as "changed on resume: key old -> new": the learning rate
   and its schedule (the schedule is a function of the step: a new lr, warm-up, decay length or floor takes
   effect at the resumed step; train.max_steps also moves the default decay end, schedule.decay_steps,
@@ -71,34 +72,45 @@ def config_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
     return refused, applied
 
 
-def check_layout_change(saved: dict, saved_world: int | None, current: dict, world: int, ckpt: str) -> None:
-    """Refuse a layout the checkpoint cannot be resumed on (yet), naming both layouts."""
-    def layout(cfg: dict, w: int | None) -> dict:
-        par, ds = cfg.get("parallel", {}), cfg.get("deepspeed", {})
-        tp = int(par.get("tp", 1))
-        return {"world": w, "tp": tp, "ep": int(par.get("ep", 1)), "zero_stage": int(ds.get("zero_stage", 0)),
-                "dp": None if w is None else w // tp}
-    was, now = layout(saved, saved_world), layout(current, world)
-    problems = []
-    for key in ("tp", "ep", "zero_stage"):
-        if was[key] != now[key]:
-            problems.append(f"{'deepspeed' if key == 'zero_stage' else 'parallel'}.{key} {was[key]} -> {now[key]}")
-    if not problems and now["zero_stage"] > 0 and was["dp"] is not None and was["dp"] != now["dp"]:
-        problems.append(f"data-parallel size {was['dp']} -> {now['dp']} (world {was['world']} -> {world}) "
-                        f"with ZeRO-{now['zero_stage']}, whose optimizer state is partitioned per rank")
-    if problems:
-        raise ConfigError(f"train.resume: {ckpt} cannot resume on this layout: {'; '.join(problems)} "
-                          f"(supported: the same tp/ep/ZeRO stage, and any world size with ZeRO-0; "
-                          f"resume with the recorded layout)")
+def layout_of(cfg: dict, world: int | None) -> dict:
+    par, ds = cfg.get("parallel", {}), cfg.get("deepspeed", {})
+    tp = int(par.get("tp", 1))
+    return {"world": world, "tp": tp, "ep": int(par.get("ep", 1)), "zero_stage": int(ds.get("zero_stage", 0)),
+            "dp": None if world is None else world // tp}
 
 
-def check_resume(saved: dict, saved_world: int | None, current: dict, world: int, ckpt: str) -> list[str]:
+def layout_changes(saved: dict, saved_world: int | None, current: dict, world: int) -> list[str]:
+    """What differs between the saved and the current layout in a way DeepSpeed's own per-rank files cannot
+    follow: tp, ep, the ZeRO stage, or the data-parallel size under ZeRO-1/2/3 (partitioned optimizer state).
+    (A new world size at ZeRO-0 reloads DeepSpeed's replicated files; the OE rows re-split by range.)"""
+    was, now = layout_of(saved, saved_world), layout_of(current, world)
+    changes = [f"{'deepspeed' if k == 'zero_stage' else 'parallel'}.{k} {was[k]} -> {now[k]}"
+               for k in ("tp", "ep", "zero_stage") if was[k] != now[k]]
+    if (was["zero_stage"] > 0 or now["zero_stage"] > 0) and was["dp"] is not None and was["dp"] != now["dp"]:
+        changes.append(f"data-parallel size {was['dp']} -> {now['dp']} (world {was['world']} -> {world})")
+    return changes
+
+
+def check_layout_change(saved: dict, saved_world: int | None, current: dict, world: int, ckpt: str,
+                        has_layout_free: bool) -> list[str]:
+    """The layout changes of this resume (empty: the same layout); refused when the checkpoint holds no
+    layout-free state to re-partition from."""
+    changes = layout_changes(saved, saved_world, current, world)
+    if changes and not has_layout_free:
+        raise ConfigError(f"train.resume: {ckpt} cannot resume on this layout: {'; '.join(changes)}: it was saved "
+                          f"without layout-free state (checkpoint.layout_free false); resume with the recorded "
+                          f"layout")
+    return changes
+
+
+def check_resume(saved: dict, saved_world: int | None, current: dict, world: int, ckpt: str,
+                 has_layout_free: bool = False) -> tuple[list[str], list[str]]:
     """Raise ConfigError for a resume that would change the model or needs an unsupported layout change;
-    return the "key old -> new" lines of the changes that are applied."""
-    check_layout_change(saved, saved_world, current, world, ckpt)
+    return (the "key old -> new" lines of the changes that are applied, the layout changes)."""
+    layout = check_layout_change(saved, saved_world, current, world, ckpt, has_layout_free)
     refused, applied = config_changes(saved, current)
     if refused:
         raise ConfigError(f"train.resume: {ckpt} was trained with a different configuration: "
                           f"{'; '.join(refused)} (these keys cannot change on resume: set them back, or start "
                           f"a new run_dir)")
-    return applied
+    return applied, layout

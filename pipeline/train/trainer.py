@@ -35,10 +35,12 @@ class StepResult:
 
 class Trainer:
     def __init__(self, cfg: RunConfig, dist_info: DistInfo, engine, train_data: TrainBatches,
-                 callbacks: list[Callback], external=None, config_yaml: str = ""):
+                 callbacks: list[Callback], external=None, config_yaml: str = "", layout_free=None):
         """`external`: the parameters stepped outside DeepSpeed (pipeline/train/external_params.py), or None.
-        `config_yaml`: the resolved run config, saved with every checkpoint."""
+        `config_yaml`: the resolved run config, saved with every checkpoint. `layout_free`: the
+        LayoutFreeState (pipeline/train/layout_free.py) that writes and reads the state any layout resumes."""
         self.cfg, self.dist, self.engine, self.external = cfg, dist_info, engine, external
+        self.layout_free = layout_free
         self.train_data = train_data
         self.callbacks = ordered(callbacks)
         self.config_yaml = config_yaml
@@ -73,12 +75,18 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         """Collective: the engine, the external parameters, every rank's RNGs and this trainer's state."""
+        layout_free = self.layout_free if self.cfg.checkpoint.layout_free else None
         return checkpoint.save_checkpoint(self.engine, self.cfg.run_dir, self.step, self.state_dict(),
-                                          self.config_yaml, self.cfg.checkpoint.keep_last, external=self.external)
+                                          self.config_yaml, self.cfg.checkpoint.keep_last, external=self.external,
+                                          layout_free=layout_free)
 
-    def resume_from(self, ckpt: Path) -> None:
-        """Collective: restore everything save_checkpoint wrote."""
-        self.load_state_dict(checkpoint.load_checkpoint(self.engine, ckpt, external=self.external))
+    def resume_from(self, ckpt: Path, repartition: bool = False) -> None:
+        """Collective: restore everything save_checkpoint wrote. `repartition`: the checkpoint was saved on
+        another layout; read the layout-free state instead of DeepSpeed's per-rank files."""
+        if repartition and self.layout_free is None:
+            raise RuntimeError(f"{ckpt}: resuming on another layout needs the trainer's layout_free state")
+        self.load_state_dict(checkpoint.load_checkpoint(self.engine, ckpt, external=self.external,
+                                                        repartition=self.layout_free if repartition else None))
         self.resumed_from = ckpt
 
     # ---- schedule of periodic work ---------------------------------------------------------------------

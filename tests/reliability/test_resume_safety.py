@@ -8,10 +8,12 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 
 import pytest
 
 from pipeline.config.base import ConfigError
+from pipeline.train.checkpoint_manifest import verify_checkpoint
 from pipeline.train.resume_rules import check_layout_change
 from tests.pipeline.train.runs import read_metrics
 from tests.reliability.conftest import run_args
@@ -61,14 +63,17 @@ def test_allowed_changes_are_applied_and_printed(shards, run_copy):
     assert abs(lr9 - 6e-3 * lr_factor(8, cfg.schedule)) < 1e-9, lr9   # the new lr and schedule, at step 9
 
 
-def test_unsupported_layout_change_is_refused(shards, run_copy):
-    error = one_error(drive(run_args(shards, run_copy, "train.max_steps=10", "deepspeed.zero_stage=2")))
-    assert "deepspeed.zero_stage 0 -> 2" in error and "cannot resume on this layout" in error, error
+def test_a_layout_change_repartitions_or_is_refused(shards, run_copy):
+    proc = drive(run_args(shards, run_copy, "train.max_steps=10", "deepspeed.zero_stage=2"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "layout changed on resume: deepspeed.zero_stage 0 -> 2" in proc.stdout, proc.stdout[-3000:]
     saved = {"parallel": {"tp": 1, "ep": 1}, "deepspeed": {"zero_stage": 1}}
-    with pytest.raises(ConfigError, match=r"data-parallel size 2 -> 4 .*ZeRO-1"):
-        check_layout_change(saved, 2, saved, 4, "ckpt")
-    check_layout_change({**saved, "deepspeed": {"zero_stage": 0}}, 2, {**saved, "deepspeed": {"zero_stage": 0}}, 4,
-                        "ckpt")   # ZeRO-0 resumes on any world size
+    with pytest.raises(ConfigError, match=r"data-parallel size 2 -> 4 .*checkpoint\.layout_free false"):
+        check_layout_change(saved, 2, saved, 4, "ckpt", has_layout_free=False)
+    assert check_layout_change(saved, 2, saved, 4, "ckpt", has_layout_free=True) == [
+        "data-parallel size 2 -> 4 (world 2 -> 4)"]
+    zero0 = {**saved, "deepspeed": {"zero_stage": 0}}
+    assert check_layout_change(zero0, 2, zero0, 4, "ckpt", has_layout_free=False) == []  # replicated files
 
 
 def _write_lock(run_dir, pid: int, job: str) -> None:
@@ -116,3 +121,19 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(shards,
     warning = [line for line in proc.stderr.splitlines() if line.startswith("warning: checkpoint step_8")]
     assert warning and str(damaged) in warning[0] and str(ckpts / "step_6") in warning[0], proc.stderr[-2000:]
     assert f"resumed from {ckpts / 'step_6'} at step 6" in proc.stdout
+
+
+def test_reshard_command_converts_or_refuses_with_one_line(run_copy, tmp_path):
+    step = run_copy / "checkpoints" / "step_8"
+    cmd = [sys.executable, "-m", "pipeline.train.reshard", str(step)]
+    bad = subprocess.run([*cmd, "--out", str(tmp_path / "bad"), "--world", "2", "--ep", "3"], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and "tp x ep = 1 x 3" in bad.stderr and not (tmp_path / "bad").exists(), bad.stderr
+    assert len([line for line in bad.stderr.splitlines() if line.startswith("error:")]) == 1, bad.stderr
+    good = subprocess.run([*cmd, "--out", str(tmp_path / "w2"), "--world", "2", "--zero-stage", "2"],
+                          capture_output=True, text=True, timeout=120)
+    assert good.returncode == 0, good.stderr[-3000:]
+    assert "(world 1, tp 1, ep 1, ZeRO-0)" in good.stdout and "(world 2, tp 1, ep 1, ZeRO-2)" in good.stdout
+    assert "over_encoding.table" in good.stdout and "-> 2 row shards" in good.stdout, good.stdout
+    verify_checkpoint(tmp_path / "w2")   # a complete checkpoint with checksums
+    assert not (tmp_path / "w2" / "model").exists() and not list(tmp_path.glob(".tmp_*"))
