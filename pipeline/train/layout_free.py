@@ -194,23 +194,29 @@ class LayoutFreeState:
         self.dp_rank, self.tp_rank = dp_rank, tp_rank
         self.zero = engine.zero_optimization_stage()
 
-    def _link_moments(self, create: bool = False) -> None:
-        """ZeRO-1/2 link each parameter's view of the Adam moments once, right after the first optimizer step;
-        as DeepSpeed steps the client optimizer one parameter group at a time, groups after the first have no
+    def _prepare_moments(self, create: bool = False) -> None:
+        """Make each parameter's Adam moments reachable through DeepSpeed's fragment API.
+        `create`: a fresh engine's optimizer has no moments yet (Adam creates them at its first step); create
+        them (zeros, to be overwritten) so that safe_set_full_optimizer_state has somewhere to write.
+        ZeRO-1/2 also link each parameter's view of the moments once, right after the first optimizer step; as
+        DeepSpeed steps the client optimizer one parameter group at a time, groups after the first have no
         moments yet at that point and stay linked to nothing (DeepSpeed 0.19: safe_get_full_optimizer_state
         then raises "exp_avg not found"). Link them again, through DeepSpeed's own helper, once they exist."""
         zero_opt = self.engine.optimizer
-        groups = getattr(zero_opt, "bit16_groups", None)
-        if groups is None:
-            return   # ZeRO-3 reads its moments by partition, not by linked fragments
-        from deepspeed.utils import lazy_init_hp_params_optimizer_state
-        state = zero_opt.optimizer.state
-        for lp_params, flat in zip(groups, zero_opt.single_partition_of_fp32_groups):
-            if create and not state.get(flat):   # a fresh engine: Adam creates its moments at the first step
-                state[flat] = {"step": _step_tensor(zero_opt.optimizer, flat, 0.0),
-                               **{k: torch.zeros_like(flat) for k in MOMENTS}}
-            if flat in state:
-                lazy_init_hp_params_optimizer_state(lp_params, flat, zero_opt.optimizer.state)
+        base_state = zero_opt.optimizer.state
+        if self.zero == 3:
+            flats, lp_groups = zero_opt.fp32_partitioned_groups_flat, None
+        else:
+            flats, lp_groups = zero_opt.single_partition_of_fp32_groups, zero_opt.bit16_groups
+        for flat in flats:
+            if create and not base_state.get(flat):
+                base_state[flat] = {"step": _step_tensor(zero_opt.optimizer, flat, 0.0),
+                                    **{k: torch.zeros_like(flat) for k in MOMENTS}}
+        if lp_groups is not None:
+            from deepspeed.utils import lazy_init_hp_params_optimizer_state
+            for lp_params, flat in zip(lp_groups, flats):
+                if flat in base_state:
+                    lazy_init_hp_params_optimizer_state(lp_params, flat, base_state)
 
     def _engine_tensors(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
         """Collective under ZeRO: the fp32 master value and Adam moments of p (its local tp slice)."""
@@ -228,8 +234,8 @@ class LayoutFreeState:
         folder = Path(folder)
         rank = dist.get_rank() if dist.is_initialized() else 0
         tensors, index = {}, {}
-        if self.zero in (1, 2):
-            self._link_moments()
+        if self.zero > 0:
+            self._prepare_moments()
         for name, p in self.engine.module.named_parameters():
             got = self._engine_tensors(p)
             dim, start, end = _piece_of(p)
@@ -256,8 +262,8 @@ class LayoutFreeState:
         """Collective. Restore every parameter (engine and external) and its optimizer state from a checkpoint
         of any layout. Returns one line per source of what was read."""
         saved = SavedState(ckpt)
-        if self.zero in (1, 2) and optimizer_state:
-            self._link_moments(create=True)
+        if self.zero > 0 and optimizer_state:
+            self._prepare_moments(create=True)
         wanted = set()
         for name, p in self.engine.module.named_parameters():
             wanted.add(name)
@@ -320,6 +326,7 @@ def _local_shape(p: torch.Tensor) -> tuple[int, ...]:
 
 def _step_tensor(optimizer: torch.optim.Optimizer, p: torch.Tensor, step: float) -> torch.Tensor:
     """Adam's step count the way torch creates it: on the parameter's device for fused / capturable groups."""
-    group = next(g for g in optimizer.param_groups if any(q is p for q in g["params"]))
+    # (ZeRO-3 hands the optimizer its flat sub-group partitions one at a time: p may be in no group right now)
+    group = next((g for g in optimizer.param_groups if any(q is p for q in g["params"])), optimizer.defaults)
     on_device = group.get("fused") or group.get("capturable")
     return torch.tensor(step, dtype=torch.float32, device=p.device if on_device else "cpu")

@@ -3,7 +3,8 @@
 A checkpoint of step 4 saved on 2 ranks with ZeRO-2 + EP2 + row-sharded OE is resumed
 - on 1 process with ZeRO-0 (experts back inside DeepSpeed, OE rows 2 -> 1),
 - on 4 ranks with ZeRO-1 + EP4 (experts 4 per rank -> 2 per rank, OE rows 2 -> 4),
-and a checkpoint of the single-process run is resumed on 2 ranks with ZeRO-2 + EP2 (experts leave DeepSpeed);
+and a checkpoint of the single-process run is resumed on 2 ranks with ZeRO-2 + EP2 (experts leave DeepSpeed)
+and with ZeRO-3 (every dense parameter partitioned), a ZeRO-3 world-2 checkpoint on one process;
 the dense tiny model with tp=2 (ZeRO-1) is resumed with tp=1; and the world-2 checkpoint converted offline
 (pipeline.train.reshard) for one process is resumed there. In every case steps 5-8 must equal the
 uninterrupted single-process run within 1e-5 relative: the parameters AND their Adam moments and step count
@@ -55,6 +56,7 @@ def one_rank_worker(rank, world, shards, root):
                                         _resume(root, "ep2")),
            "from_tp2": train_in_process(shards, f"{root}/from_tp2", *QUIET, *DENSE_OT, "checkpoint.every=0",
                                         _resume(root, "tp2")),
+           "from_z3": train_in_process(shards, f"{root}/from_z3", *QUIET, "checkpoint.every=0", _resume(root, "z3")),
            "bf16_ref": train_in_process(shards, f"{root}/bf16_ref", *QUIET, *BF16, "checkpoint.every=0"),
            "bf16_from_ep2": train_in_process(shards, f"{root}/bf16_from_ep2", *QUIET, *BF16, "checkpoint.every=0",
                                              _resume(root, "ep2_bf16"))}
@@ -79,13 +81,17 @@ def two_rank_saver(rank, world, shards, root):
                      f"train.hard_stop_step={SAVED}")
     train_in_process(shards, f"{root}/tp2", *QUIET, *DENSE_OT, *TP2, f"checkpoint.every={SAVED}",
                      f"train.hard_stop_step={SAVED}")
+    train_in_process(shards, f"{root}/z3", *QUIET, "deepspeed.zero_stage=3", f"checkpoint.every={SAVED}",
+                     f"train.hard_stop_step={SAVED}")
     train_in_process(shards, f"{root}/ep2_bf16", *QUIET, *EP2, *BF16, f"checkpoint.every={SAVED}",
                      f"train.hard_stop_step={SAVED}")
 
 
 def two_rank_resumer(rank, world, shards, root):
     return {"from_one": train_in_process(shards, f"{root}/from_one", *QUIET, *EP2, "checkpoint.every=0",
-                                         _resume(root, "ref"))}
+                                         _resume(root, "ref")),
+            "z3_from_one": train_in_process(shards, f"{root}/z3_from_one", *QUIET, "deepspeed.zero_stage=3",
+                                            "checkpoint.every=0", _resume(root, "ref"))}
 
 
 def four_rank_resumer(rank, world, shards, root):
@@ -113,6 +119,7 @@ def test_a_checkpoint_resumes_on_other_layouts(tmp_path):
     ref = _losses(one["ref"])
     assert sorted(ref) == list(range(1, STEPS + 1)) and ref[STEPS] < ref[1]
     _assert_continues(one["from_ep2"], ref, "world 2 ZeRO-2 EP2 -> world 1 ZeRO-0")
+    _assert_continues(one["from_z3"], ref, "world 2 ZeRO-3 -> world 1 ZeRO-0")
     _assert_continues(one["from_tp2"], one["dense_ref"], "tp 2 ZeRO-1 -> tp 1 ZeRO-0")
     _assert_continues(one["from_resharded"], ref, "python -m pipeline.train.reshard to world 1, then resume")
     log = "\n".join(one["reshard_log"])
@@ -126,5 +133,6 @@ def test_a_checkpoint_resumes_on_other_layouts(tmp_path):
 
     two = run_ranks(2, "tests.pipeline.train.test_elastic_resume:two_rank_resumer", args, timeout=300)[0]
     _assert_continues(two["from_one"], ref, "world 1 ZeRO-0 -> world 2 ZeRO-2 EP2")
+    _assert_continues(two["z3_from_one"], ref, "world 1 ZeRO-0 -> world 2 ZeRO-3")
     four = run_ranks(4, "tests.pipeline.train.test_elastic_resume:four_rank_resumer", args, timeout=400)[0]
     _assert_continues(four["from_ep2"], ref, "world 2 ZeRO-2 EP2 -> world 4 ZeRO-1 EP4")
