@@ -10,7 +10,9 @@ by default (train.resume=auto). Configuration and data problems end with a one-l
 failures during training (a checkpoint that cannot be written, too many non-finite steps, a collective that
 failed or timed out because another rank died) with a one-line error and exit code 3. A stop signal
 (train.stop_signals, default SIGTERM and SIGUSR1) or train.max_duration_s ends the run after the current step
-with a checkpoint and exit code 75; rerunning the same command resumes exactly.
+with a checkpoint and exit code 75; rerunning the same command resumes exactly. Under torchrun, which exits 1
+whatever its ranks' exit code, run_dir/PREEMPTED tells that stop apart (`--print-run-dir` says where run_dir
+is), and a stopped run is not restarted by `torchrun --max-restarts` (pipeline/train/distributed.py).
 """
 from __future__ import annotations
 
@@ -28,6 +30,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", required=True, help="run config YAML (configs/run/*.yaml)")
     # Set by the deepspeed launcher; LOCAL_RANK in the environment carries the same information.
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--print-run-dir", action="store_true",
+                   help="print the run_dir that the config and overrides give, and exit (launch/slurm.sbatch\n"
+                        "looks for run_dir/PREEMPTED there)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=100")
     return p.parse_args(argv)
 
@@ -68,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = load_run_config(args.config, args.overrides)
+        if args.print_run_dir:
+            print(cfg.run_dir, flush=True)
+            return 0
         from pipeline.train.build import build_trainer
 
         trainer = build_trainer(cfg)
@@ -86,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     except StopRequested as e:
         if trainer.dist.rank == 0:
             print(f"stopped: {e}", file=sys.stderr, flush=True)
+        from pipeline.train.distributed import keep_elastic_agent_from_restarting
+
+        keep_elastic_agent_from_restarting()
         return STOPPED_EXIT_CODE
     except (CheckpointWriteError, TrainingDivergedError) as e:
         print(f"error: rank {trainer.dist.rank}: {e}", file=sys.stderr, flush=True)

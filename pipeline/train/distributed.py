@@ -6,12 +6,18 @@
   backend; gloo/nccl rendezvous over TCP on MASTER_ADDR, default loopback).
 - plain `python launch/train.py ...`: a one-process group on a free loopback port.
 Backend: nccl when CUDA is available, else gloo (config `deepspeed.backend` may force one).
+
+Under torchrun the ranks would rendezvous in the launcher's own TCPStore (TORCHELASTIC_USE_AGENT_STORE), which
+outlives the workers: after a restart (`--max-restarts`) the new ranks find the keys of the incarnation that
+died there (the old rank 0's gloo address, NCCL's unique id) and fail to connect. So each incarnation gets a
+store of its own (incarnation_store).
 """
 from __future__ import annotations
 
 import datetime
 import os
 import socket
+import time
 from dataclasses import dataclass
 
 import torch
@@ -72,6 +78,79 @@ def populate_env() -> None:
         env.setdefault("DS_ACCELERATOR", "cpu")
 
 
+INCARNATION_KEY = "ot-train/incarnation_store"
+_PROBE_S = 5.0
+
+
+def incarnation_store(timeout: datetime.timedelta):
+    """A TCPStore that only this incarnation of a torchrun job uses, or None when torchrun's store is not
+    shared with the workers (another launcher). Rank 0 hosts it on a free port and publishes host:port in
+    torchrun's store; the other ranks read that key, which may still hold the address of the previous
+    incarnation's rank 0: that process is gone (torchrun stops every worker before it restarts them), so the
+    connection fails and they read the key again until rank 0 of this incarnation has rewritten it. No
+    restart count is needed (each agent counts its own restarts, so the counts can differ between nodes)."""
+    env = os.environ
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    from torch.distributed import TCPStore
+
+    rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
+    host = env["MASTER_ADDR"]   # rank 0 runs on the node that hosts torchrun's store
+    agent = TCPStore(host, int(env["MASTER_PORT"]), world, is_master=False, timeout=timeout)
+    if rank == 0:
+        store = TCPStore(host, 0, world, is_master=True, timeout=timeout, wait_for_workers=False)
+        agent.set(INCARNATION_KEY, f"{host}:{store.port}")
+        return store
+    deadline = time.monotonic() + timeout.total_seconds()
+    while True:
+        address = agent.get(INCARNATION_KEY).decode()
+        peer_host, _, port = address.rpartition(":")
+        if _listening(peer_host, int(port)):
+            try:   # (the port may also have been reused by something that is not a store)
+                store = TCPStore(peer_host, int(port), world, is_master=False, wait_for_workers=False,
+                                 timeout=datetime.timedelta(seconds=_PROBE_S))
+            except RuntimeError:   # DistNetworkError / DistStoreError
+                store = None
+            if store is not None:
+                store.set_timeout(timeout)
+                return store
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"rank 0's store {address} (published in torchrun's store) could not be reached "
+                               f"within {timeout.total_seconds():g} s")
+        time.sleep(0.2)
+
+
+def _listening(host: str, port: int) -> bool:
+    """Something accepts connections at host:port (a refused or timed-out connect: the address is stale)."""
+    try:
+        with socket.create_connection((host, port), timeout=_PROBE_S):
+            return True
+    except OSError:
+        return False
+
+
+def keep_elastic_agent_from_restarting() -> None:
+    """After a stop on request (exit 75: a stop signal or train.max_duration_s, every rank checkpointed): keep
+    `torchrun --max-restarts` (which restarts on any non-zero exit) from starting the run again, which would
+    resume and train on, past the time limit. The ranks ignore SIGTERM from now on and wait for each other
+    (all are done writing); then local rank 0 sends its torchrun agent (one per node) SIGTERM, as a preemption
+    would: it shuts down without a restart, the ranks still exit 75. Nothing to do without a torchrun that
+    may restart."""
+    import signal
+
+    env = os.environ
+    if "TORCHELASTIC_RUN_ID" not in env or int(env.get("TORCHELASTIC_MAX_RESTARTS") or 0) <= 0:
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)   # the agent forwards its SIGTERM to us
+    try:
+        torch.distributed.barrier()
+    except RuntimeError:
+        pass   # a peer is gone: its agent restarts or ends the job anyway
+    parent = os.getppid()
+    if int(env.get("LOCAL_RANK") or 0) == 0 and parent > 1:
+        os.kill(parent, signal.SIGTERM)
+
+
 def init_distributed(backend: str = "auto", timeout_s: float | None = None) -> DistInfo:
     populate_env()
     import deepspeed
@@ -89,6 +168,13 @@ def init_distributed(backend: str = "auto", timeout_s: float | None = None) -> D
     local_rank = int(os.environ["LOCAL_RANK"])
     if cuda:
         torch.cuda.set_device(local_rank)
+    store = incarnation_store(timeout)
+    if store is not None:   # DeepSpeed adopts an initialised process group
+        world = int(os.environ["WORLD_SIZE"])
+        # as DeepSpeed's own init does: NCCL communicators bound to this rank's device (not for one rank)
+        device_id = {"device_id": torch.device("cuda", local_rank)} if cuda and world > 1 else {}
+        torch.distributed.init_process_group(backend, store=store, rank=int(os.environ["RANK"]), world_size=world,
+                                             timeout=timeout, **device_id)
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=timeout)
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     return DistInfo(rank=torch.distributed.get_rank(), world_size=torch.distributed.get_world_size(),

@@ -62,6 +62,9 @@ def test_mpirun_two_ranks_match_one_process(tmp_path):
 
 
 RECORD_ENV = """import importlib.util, json, os, sys
+if sys.argv[1:2] == ["--print-run-dir"]:   # the script asks where run_dir is (to look for run_dir/PREEMPTED)
+    print(os.path.join(os.environ["RECORD_DIR"], "run"))
+    sys.exit(0)
 keys = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "OMP_NUM_THREADS")
 out = os.path.join(os.environ["RECORD_DIR"], "rank%s.json" % os.environ["RANK"])
 json.dump({"env": {k: os.environ.get(k) for k in keys}, "argv": sys.argv[1:],
@@ -98,6 +101,7 @@ def test_slurm_sbatch_maps_ranks_across_nodes(tmp_path):
     record.mkdir()
     (submit / "launch" / "train.py").write_text(RECORD_ENV)
     (submit / ".venv" / "bin" / "torchrun").symlink_to(Path(sys.executable).parent / "torchrun")
+    (submit / ".venv" / "bin" / "python").symlink_to(sys.executable)
     for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)

@@ -1,7 +1,10 @@
 """launch/train.py with faults injected from the environment (tests only; the product has no fault hooks).
 
-Run it exactly like launch/train.py (plain python, torchrun, or one process per rank). Faults, all optional:
+Run it exactly like launch/train.py (plain python, torchrun, or one process per rank). A rank about to SIGKILL
+itself says so on stderr first ("fault: SIGKILL rank r (restart count c) at ..."). Faults, all optional:
   FAULT_RANK=r                       only rank r injects (default: every rank)
+  FAULT_ONLY_FIRST_ATTEMPT=1         inject only in the first incarnation of the job: TORCHELASTIC_RESTART_COUNT
+                                     unset or 0 (torchrun --max-restarts starts later ones with 1, 2, ...)
   FAULT_KILL_AT=step:micro           SIGKILL this process when micro-batch `micro` (1-based) of training
                                      step `step` is about to run: the step's earlier micro-batches are done
   FAULT_STOP_AT=step:micro           SIGSTOP this process there instead (alive but hung: peers must time out)
@@ -29,7 +32,9 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RANK = int(os.environ.get("RANK", "0"))
-ACTIVE = os.environ.get("FAULT_RANK") in (None, "", str(RANK))
+FIRST_ATTEMPT = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") in ("", "0")
+ACTIVE = os.environ.get("FAULT_RANK") in (None, "", str(RANK)) and (
+    FIRST_ATTEMPT or os.environ.get("FAULT_ONLY_FIRST_ATTEMPT") in (None, "", "0"))
 STATE = {"step": 0, "micro": 0, "in_train": False, "saves": 0}
 
 
@@ -41,7 +46,9 @@ def _steps(spec: str) -> set[int]:
     return out
 
 
-def _die() -> None:
+def _die(where: str) -> None:
+    print(f"fault: SIGKILL rank {RANK} (restart count {os.environ.get('TORCHELASTIC_RESTART_COUNT', '-')}) "
+          f"{where}", file=sys.stderr, flush=True)
     sys.stdout.flush()
     sys.stderr.flush()
     os.kill(os.getpid(), signal.SIGKILL)
@@ -67,7 +74,7 @@ class _KillAfter:
 
     def __call__(self, *a, **k):
         out = self.fn(*a, **k)
-        _die()
+        _die(f"after {getattr(self.fn, '__name__', 'the call')} in save {STATE['saves']}")
         return out
 
 
@@ -104,7 +111,7 @@ def install() -> None:
         if STATE["in_train"]:
             STATE["micro"] += 1
             if ACTIVE and KILL_AT == (STATE["step"], STATE["micro"]):
-                _die()
+                _die(f"at step {STATE['step']} micro-batch {STATE['micro']}")
             if ACTIVE and STOP_AT == (STATE["step"], STATE["micro"]):
                 os.kill(os.getpid(), signal.SIGSTOP)
         return _to_tensors(batch, device)

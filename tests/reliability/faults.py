@@ -11,8 +11,21 @@ DRIVER = REPO / "tests" / "reliability" / "fault_driver.py"
 
 
 def drive(args: list[str], faults: dict | None = None, world_size: int = 1, timeout: float = 240,
-          launcher: str = "python") -> subprocess.CompletedProcess:
-    """launch/train.py through the driver, with FAULT_* variables; never raises on a non-zero exit."""
+          launcher: str = "python", launcher_args: list[str] = ()) -> subprocess.CompletedProcess:
+    """launch/train.py through the driver, with FAULT_* variables; never raises on a non-zero exit.
+    launcher_args go to torchrun before the script (e.g. ["--max-restarts", "1"])."""
+    cmd, env = start_args(args, faults, world_size, launcher, launcher_args)
+    return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def start(args: list[str], faults: dict | None = None, world_size: int = 1, launcher: str = "python",
+          launcher_args: list[str] = ()) -> subprocess.Popen:
+    """drive() without waiting: the running launcher (to signal it), its output piped (text)."""
+    cmd, env = start_args(args, faults, world_size, launcher, launcher_args)
+    return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def start_args(args, faults, world_size, launcher, launcher_args) -> tuple[list[str], dict]:
     env = rank_env(0, world_size, free_port(), {k: str(v) for k, v in (faults or {}).items()})
     for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
@@ -20,8 +33,8 @@ def drive(args: list[str], faults: dict | None = None, world_size: int = 1, time
         cmd = [sys.executable, str(DRIVER)]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world_size),
-               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(DRIVER)]
-    return subprocess.run(cmd + args, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *launcher_args, str(DRIVER)]
+    return cmd + args, env
 
 
 def spawn_ranks(args: list[str], world_size: int, faults: dict | None = None,
@@ -42,4 +55,4 @@ def error_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("error:")]
 
 
-__all__ = ["DRIVER", "drive", "error_lines", "spawn_ranks"]
+__all__ = ["DRIVER", "drive", "error_lines", "spawn_ranks", "start"]
