@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -11,6 +12,7 @@ from pipeline.config.run import RunConfig, run_config_to_yaml
 from pipeline.data.loader import build_loaders
 from pipeline.train.bad_steps import SkippableAdamW, find_skippable_optimizers
 from pipeline.train.callbacks import CheckpointCallback, MetricsCallback, SpeedCallback, ValidationCallback
+from pipeline.train.callbacks.checkpoint import CheckpointCostMetrics
 from pipeline.train.callbacks.run_lock import RunLockCallback
 from pipeline.train.deepspeed_config import build_deepspeed_config
 from pipeline.train.distributed import DistInfo, init_distributed, populate_env
@@ -101,22 +103,24 @@ def _build(cfg: RunConfig, dist_info: DistInfo | None, model_factory, rank: int,
                                   parallel.groups.tp_rank if parallel.groups is not None else 0, parallel.external)
     trainer = Trainer(cfg, dist_info, engine, train_data, build_callbacks(cfg, dist_info, parallel, val_data, lock),
                       external=parallel.external, config_yaml=run_config_to_yaml(cfg), layout_free=layout_free)
+    t0 = time.perf_counter()
     ckpt = resume_trainer(trainer, cfg, world, rank)
     if ckpt is not None and rank == 0:
-        print(f"resumed from {ckpt} at step {trainer.step}", flush=True)
+        print(f"resumed from {ckpt} at step {trainer.step} ({time.perf_counter() - t0:.1f} s)", flush=True)
     if dist_info.rank == 0:
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
     return trainer
 
 
 def build_callbacks(cfg: RunConfig, dist_info: DistInfo, parallel: ParallelRun, val_data, lock: RunLock) -> list:
-    """The run's callbacks; the Trainer orders them by priority (speed, validation, zero-shot eval, metrics,
-    checkpoint, and last the run_dir lock's release)."""
+    """The run's callbacks; the Trainer orders them by priority (speed, validation, zero-shot eval, the last
+    save's cost, metrics, checkpoint, and last the run_dir lock's release)."""
+    saver = CheckpointCallback(cfg.checkpoint.every, cfg.checkpoint.save_at_end)
     callbacks = [SpeedCallback(cfg.train.global_batch_size * cfg.data.seq_len, _flops_per_token(cfg),
                                cfg.log.peak_flops_per_device, dist_info.world_size),
                  ValidationCallback(val_data, cfg.eval.every, cfg.eval.at_end),
                  MetricsCallback(cfg.run_dir, cfg.log.tensorboard, cfg.log.histogram_every, dist_info.rank),
-                 CheckpointCallback(cfg.checkpoint.every, cfg.checkpoint.save_at_end), RunLockCallback(lock)]
+                 saver, CheckpointCostMetrics(saver), RunLockCallback(lock)]
     if cfg.eval.downstream_every:
         callbacks.append(_downstream_callback(cfg, dist_info.rank, parallel))
     return callbacks

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError
 
 from pipeline.data.atomic_io import atomic_write_bytes, fsync_dir
 from pipeline.train.checkpoint_manifest import MANIFEST, write_manifest
@@ -130,7 +131,7 @@ def save_checkpoint(engine, run_dir: str | Path, step: int, trainer_state: dict,
         torch.save(capture_rng_state(), tmp / RNG_DIR / f"rank_{rank:05d}.pt")
     except dist.DistError:
         raise  # a collective failed: not a write problem (launch/train.py reports it)
-    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
+    except (OSError, RuntimeError, SafetensorError) as e:  # torch.save reports a failed write as a RuntimeError
         error = e
     _agree_written(error, tmp, step)
     if rank == 0:

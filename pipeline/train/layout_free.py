@@ -254,8 +254,7 @@ class LayoutFreeState:
                 "lr_schedule": {"last_epoch": int(self.engine.lr_scheduler.last_epoch)},
                 "global_steps": int(self.engine.global_steps), "global_samples": int(self.engine.global_samples),
                 "zero_stage": self.zero})
-        if dist.is_initialized():
-            dist.barrier()
+        # no barrier: the caller's next step is a collective that also reports a failed write on any rank
 
     @torch.no_grad()
     def load(self, ckpt: Path, optimizer_state: bool = True) -> list[str]:

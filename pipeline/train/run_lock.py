@@ -28,9 +28,13 @@ class RunDirLocked(RuntimeError):
 def job_identity() -> str:
     """The same string on every rank of one job, different for two jobs running at the same time."""
     env = os.environ
-    for key in ("TORCHELASTIC_RUN_ID", "SLURM_JOB_ID"):
-        if env.get(key) and env[key] != "none":
-            return f"{key}={env[key]}@{env.get('MASTER_ADDR', '')}:{env.get('MASTER_PORT', '')}"
+    if env.get("SLURM_JOB_ID"):
+        # One SLURM job id is one job, also across a requeue (which keeps the id but may start rank 0 on another
+        # host, with a new torchrun store port): the requeued run takes over its own lock at once.
+        return f"SLURM_JOB_ID={env['SLURM_JOB_ID']}"
+    run_id = env.get("TORCHELASTIC_RUN_ID")
+    if run_id and run_id != "none":
+        return f"TORCHELASTIC_RUN_ID={run_id}@{env.get('MASTER_ADDR', '')}:{env.get('MASTER_PORT', '')}"
     return f"rendezvous={env.get('MASTER_ADDR', '')}:{env.get('MASTER_PORT', '')}"
 
 

@@ -99,6 +99,19 @@ def test_a_stale_lock_is_taken_over(shards, run_copy):
     assert not (run_copy / "run.lock").exists()   # released at the end
 
 
+def test_a_requeued_slurm_job_is_the_same_job(monkeypatch):
+    from pipeline.train.run_lock import job_identity
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("MASTER_ADDR", "node-a")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    first = job_identity()
+    monkeypatch.setenv("MASTER_ADDR", "node-b")   # requeued: rank 0 elsewhere, a new torchrun store port
+    monkeypatch.setenv("MASTER_PORT", "41234")
+    assert job_identity() == first == "SLURM_JOB_ID=4242"
+    monkeypatch.setenv("SLURM_JOB_ID", "4243")
+    assert job_identity() != first
+
+
 def test_resume_never_over_checkpoints_is_refused_and_restart_starts_over(shards, run_copy):
     error = one_error(drive(run_args(shards, run_copy, "train.resume=never")))
     assert "train.resume: never" in error and "train.resume=restart" in error, error

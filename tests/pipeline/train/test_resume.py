@@ -49,6 +49,12 @@ def test_world_size_1_stop_and_resume_is_exact(shards, tmp_path):
     second = launch(args(shards, tmp_path / "resumed"), launcher="python")
     assert "resumed from" in second.stdout and "step_4" in second.stdout
     assert_same_history(tmp_path / "straight", tmp_path / "resumed")
+    # the cost of the step-4 save is in the record of step 5, and only there
+    records = {r["step"]: r for r in read_metrics(tmp_path / "straight")}
+    cost = {k: v for k, v in records[5].items() if k.startswith("checkpoint/")}
+    assert cost["checkpoint/saved_step"] == 4 and cost["checkpoint/save_s"] > 0, cost
+    assert cost["checkpoint/bytes"] > cost["checkpoint/layout_free_bytes"] > 0, cost
+    assert not any(k.startswith("checkpoint/") for s in (4, 6, 7, 8) for k in records[s])
 
     ckpts = tmp_path / "resumed" / "checkpoints"
     assert (ckpts / "latest").read_text().strip() == "step_8"
