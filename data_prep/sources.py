@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,16 +128,32 @@ def _hf_spec(spec: str) -> InputSource:
     raise DataPrepError(f"{spec}: expected hf:FOLDER or hf:BUILDER:GLOB with BUILDER one of {', '.join(HF_BUILDERS)}")
 
 
+def _dedupe(named: list[tuple[str, InputSource]]) -> list[InputSource]:
+    """Each file read once: a file named by two specs (a path and a glob, a folder and a file in it, a link)
+    would otherwise be tokenized twice and silently double its share of the data. Warns naming both specs."""
+    first: dict[str, str] = {}
+    kept = []
+    for spec, src in named:
+        key = src.path if src.kind == "hf_load" and src.builder is None and not Path(src.path).exists() \
+            else os.path.realpath(src.path)
+        if key in first:
+            print(f"warning: {src.path} is named by both {first[key]!r} and {spec!r}: read once", file=sys.stderr)
+            continue
+        first[key] = spec
+        kept.append(src)
+    return kept
+
+
 def expand_inputs(specs: list[str], exclude: str | Path | None = None) -> list[InputSource]:
-    """Resolve every spec, in the order given; files inside a directory or glob in sorted order. Nothing
-    inside `exclude` (the output folder) is ever an input."""
+    """Resolve every spec, in the order given; files inside a directory or glob in sorted order; a file named
+    twice is read once (with a warning). Nothing inside `exclude` (the output folder) is ever an input."""
     skip = {os.path.realpath(exclude)} if exclude is not None else set()
     inside = lambda p: any(os.path.realpath(p) == e or os.path.realpath(p).startswith(e + os.sep)  # noqa: E731
                            for e in skip)
-    sources: list[InputSource] = []
+    sources: list[tuple[str, InputSource]] = []
     for spec in specs:
         if spec.startswith("hf:"):
-            sources.append(_hf_spec(spec))
+            sources.append((spec, _hf_spec(spec)))
             continue
         if glob.has_magic(spec):
             matches = sorted(glob.glob(spec, recursive=True))
@@ -153,5 +170,5 @@ def expand_inputs(specs: list[str], exclude: str | Path | None = None) -> list[I
             paths = _walk(p, skip) if p.is_dir() and not is_hf_saved_dataset(p) else [p]
             if not paths:
                 raise DataPrepError(f"{spec}: directory holds no input files")
-        sources.extend(detect(p) for p in paths)
-    return sources
+        sources.extend((spec, detect(p)) for p in paths)
+    return _dedupe(sources)
