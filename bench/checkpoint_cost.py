@@ -43,10 +43,6 @@ def disk_write_speed(folder: Path, nbytes: int = 512 * MIB) -> float:
     return nbytes / seconds
 
 
-def _folder_bytes(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-
-
 def _rank(rank: int, world: int, port: int, out, config: str, overrides: list[str]) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
@@ -73,8 +69,8 @@ def _rank(rank: int, world: int, port: int, out, config: str, overrides: list[st
         if trainer.cfg.checkpoint.layout_free else float("nan")
     result = {"save_s": save, "load_s": load, "repartition_s": repartition}
     if rank == 0:
-        result.update(bytes=_folder_bytes(path[0]), layout_free_bytes=_folder_bytes(path[0] / "layout_free")
-                      if (path[0] / "layout_free").is_dir() else 0)
+        from pipeline.train.checkpoint import LAYOUT_FREE_DIR, folder_bytes
+        result.update(bytes=folder_bytes(path[0]), layout_free_bytes=folder_bytes(path[0] / LAYOUT_FREE_DIR))
     out.put((rank, result))
 
 

@@ -160,6 +160,11 @@ def save_checkpoint(engine, run_dir: str | Path, step: int, trainer_state: dict,
     return final
 
 
+def folder_bytes(folder: Path) -> int:
+    """Bytes of every file under a checkpoint folder (0 when it does not exist): the size a save costs."""
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
+
+
 def find_latest_checkpoint(run_dir: str | Path) -> Path | None:
     candidates = resume_candidates("auto", run_dir)
     return candidates[0] if candidates else None

@@ -8,11 +8,10 @@ checkpoint/layout_free_bytes and checkpoint/saved_step."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.train.callbacks.callback import Callback
-from pipeline.train.layout_free import LAYOUT_FREE_DIR
+from pipeline.train.checkpoint import LAYOUT_FREE_DIR, folder_bytes
 
 if TYPE_CHECKING:
     from pipeline.train.trainer import StepResult, Trainer
@@ -46,15 +45,11 @@ class CheckpointCallback(Callback):
         # every rank holds a cost, so every rank asks for the next step's metrics (their collection is collective)
         total = layout_free = 0
         if trainer.dist.rank == 0:
-            total, layout_free = _folder_bytes(path), _folder_bytes(path / LAYOUT_FREE_DIR)
+            total, layout_free = folder_bytes(path), folder_bytes(path / LAYOUT_FREE_DIR)
             print(f"checkpoint {path} ({seconds:.1f} s, {total / 2**20:.1f} MiB of which layout-free "
                   f"{layout_free / 2**20:.1f} MiB)", flush=True)
         self.cost = {"checkpoint/save_s": seconds, "checkpoint/bytes": float(total),
                      "checkpoint/layout_free_bytes": float(layout_free), "checkpoint/saved_step": float(trainer.step)}
-
-
-def _folder_bytes(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
 
 
 class CheckpointCostMetrics(Callback):
