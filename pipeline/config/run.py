@@ -103,16 +103,76 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    kind: Literal["cosine", "linear", "constant"] = "cosine"
+    # Formulas and the step convention: pipeline/train/lr_schedule.py.
+    kind: Literal["cosine", "linear", "constant", "wsd", "inv_sqrt"] = "cosine"
     warmup_steps: int = 2500            # linear warm-up from 0 (OLMoE: 2,500)
-    decay_steps: int | None = None      # end of the decay; default train.max_steps
-    min_lr_ratio: float = 0.1           # floor as a fraction of the peak (OLMoE: 0.1)
+    # End of the decay (cosine, linear) or of wsd's cooldown; default train.max_steps (wsd with an explicit
+    # cooldown_start_step: cooldown_start_step + cooldown_steps). constant and inv_sqrt have none.
+    decay_steps: int | None = None
+    min_lr_ratio: float = 0.1           # floor as a fraction of the peak (OLMoE: 0.1); inv_sqrt stops there too
+    # A cooldown from the schedule's own lr at step cooldown_start_step down to the floor over cooldown_steps
+    # updates. wsd: required length, starting by default at decay_steps - cooldown_steps. Other kinds: both
+    # keys or neither (a cooldown added to the curve, e.g. when resuming a checkpoint for an annealed model).
+    cooldown_steps: int | None = None
+    cooldown_start_step: int | None = None
+    cooldown_shape: Literal["linear", "1-sqrt"] | None = None   # default 1-sqrt when there is a cooldown
+
+    def cooldown_window(self) -> tuple[int, int] | None:
+        """(first step of the cooldown, its length), or None without one."""
+        if self.kind == "wsd" and self.cooldown_start_step is None:
+            if self.cooldown_steps is None or self.decay_steps is None:
+                return None
+            return self.decay_steps - self.cooldown_steps, self.cooldown_steps
+        if self.cooldown_start_step is None or self.cooldown_steps is None:
+            return None
+        return self.cooldown_start_step, self.cooldown_steps
+
+    def resolve_with(self, max_steps: int) -> None:
+        if self.decay_steps is None and self.kind in ("cosine", "linear"):
+            self.decay_steps = max_steps
+        if self.decay_steps is None and self.kind == "wsd" and self.cooldown_steps is not None:
+            explicit = self.cooldown_start_step is not None
+            self.decay_steps = self.cooldown_start_step + self.cooldown_steps if explicit else max_steps
+        if self.cooldown_shape is None and self.cooldown_window() is not None:
+            self.cooldown_shape = "1-sqrt"
 
     def validate(self) -> None:
         check(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
         check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
         check(self.decay_steps is None or self.decay_steps >= 1, "decay_steps",
               f"must be >= 1, got {self.decay_steps}")
+        check(self.decay_steps is None or self.kind not in ("constant", "inv_sqrt"), "decay_steps",
+              f"kind={self.kind} has no decay to end: remove it (a cooldown is schedule.cooldown_start_step + "
+              f"schedule.cooldown_steps)")
+        check(self.kind != "inv_sqrt" or self.warmup_steps >= 1, "warmup_steps",
+              "kind=inv_sqrt needs warmup_steps >= 1 (the lr after the warm-up is peak x sqrt(warmup_steps / n))")
+        self._validate_cooldown()
+
+    def _validate_cooldown(self) -> None:
+        steps, start, d = self.cooldown_steps, self.cooldown_start_step, self.decay_steps
+        check(steps is None or steps >= 1, "cooldown_steps", f"must be >= 1, got {steps}")
+        check(steps is not None or self.kind != "wsd", "cooldown_steps",
+              "kind=wsd needs the length of its cooldown (e.g. 20% of train.max_steps)")
+        check(steps is None or start is not None or self.kind == "wsd", "cooldown_steps",
+              f"with kind={self.kind} a cooldown also needs schedule.cooldown_start_step (where it starts)")
+        check(start is None or steps is not None, "cooldown_start_step",
+              "needs schedule.cooldown_steps (the length of the cooldown)")
+        window = self.cooldown_window()
+        check(self.cooldown_shape is None or window is not None, "cooldown_shape",
+              f"there is no cooldown to shape (kind={self.kind} without schedule.cooldown_start_step)")
+        if window is None:
+            return
+        first = "cooldown_start_step" if start is not None else "cooldown_steps"
+        check(window[0] >= self.warmup_steps, first,
+              f"the cooldown would start at step {window[0]}, before the end of the warm-up (warmup_steps "
+              f"{self.warmup_steps}): it needs a start at or after the warm-up")
+        if self.kind == "wsd" and start is not None and d is not None:
+            check(d == start + steps, "decay_steps",
+                  f"{d}, but the cooldown ends at cooldown_start_step + cooldown_steps = {start + steps}: "
+                  f"remove decay_steps or set it to {start + steps}")
+        if self.kind in ("cosine", "linear") and d is not None:
+            check(start < d, "cooldown_start_step",
+                  f"{start} is at or after decay_steps={d}, where the lr is already at the floor")
 
 
 @dataclass
@@ -198,8 +258,7 @@ class RunConfig:
 
     def resolve(self) -> None:
         """Derived defaults, filled by the loader before validation (and saved with every checkpoint)."""
-        if self.schedule.decay_steps is None:
-            self.schedule.decay_steps = self.train.max_steps
+        self.schedule.resolve_with(self.train.max_steps)
 
     def validate(self) -> None:
         check(bool(self.run_dir), "run_dir", "is required")

@@ -21,7 +21,7 @@ from pipeline.train.checkpoint import (CONFIG_FILE, DS_TAG, STATE_FILE, checkpoi
                                        resume_candidates)
 from pipeline.train.checkpoint_manifest import CheckpointDamaged, verify_checkpoint, verify_files
 from pipeline.train.layout_free import LAYOUT_FREE_DIR, STATE_JSON
-from pipeline.train.lr_schedule import lr_factor
+from pipeline.train.lr_schedule import check_resume_cooldown, lr_factor
 from pipeline.train.resume_rules import check_resume
 
 SCHEDULE_KEYS = ("optim.lr", "optim.oe_lr_multiplier", "schedule.", "train.max_steps")
@@ -39,11 +39,23 @@ def _read_saved(ckpt: Path) -> tuple[dict, dict]:
     return saved, state
 
 
-def _lr_line(saved: dict, cfg: RunConfig, step: int) -> str:
-    old_schedule = from_dict(ScheduleConfig, saved["schedule"], prefix="schedule")
-    old = float(saved["optim"]["lr"]) * lr_factor(step, old_schedule)
-    new = cfg.optim.lr * lr_factor(step, cfg.schedule)
-    return f"lr of the next update (step {step + 1}) {old:.4g} -> {new:.4g}"
+def _saved_schedule(saved: dict) -> tuple[ScheduleConfig, float] | None:
+    try:
+        return from_dict(ScheduleConfig, saved["schedule"], prefix="schedule"), float(saved["optim"]["lr"])
+    except (ConfigError, KeyError, TypeError, ValueError):
+        return None   # an older config without these keys: the key lines say what changed
+
+
+def _schedule_lines(saved: dict, cfg: RunConfig, step: int, ckpt: Path) -> list[str]:
+    """The lr of the next update before -> after, and the new cooldown; ConfigError for a new cooldown that
+    does not continue the checkpoint's lr curve (pipeline/train/lr_schedule.py)."""
+    old = _saved_schedule(saved)
+    if old is None:
+        return []
+    schedule, lr = old
+    before, after = lr * lr_factor(step, schedule), cfg.optim.lr * lr_factor(step, cfg.schedule)
+    cooldown = check_resume_cooldown(schedule, lr, cfg.schedule, cfg.optim.lr, step, str(ckpt))
+    return [f"lr of the next update (step {step + 1}) {before:.4g} -> {after:.4g}"] + ([cooldown] if cooldown else [])
 
 
 def admissible(ckpt: Path, cfg: RunConfig, world: int) -> tuple[list[str], list[str]]:
@@ -59,10 +71,7 @@ def admissible(ckpt: Path, cfg: RunConfig, world: int) -> tuple[list[str], list[
             raise CheckpointDamaged(f"{ckpt}: neither DeepSpeed's {DS_TAG}/ nor {LAYOUT_FREE_DIR}/ is there")
         layout = [f"{ckpt.name} holds only the layout-free state (written by pipeline.train.reshard)"]
     if any(c.startswith(SCHEDULE_KEYS) for c in changes):
-        try:
-            changes.append(_lr_line(saved, cfg, int(state["step"])))
-        except (ConfigError, KeyError, TypeError, ValueError):
-            pass   # an older config without these keys: the key lines above say what changed
+        changes.extend(_schedule_lines(saved, cfg, int(state["step"]), ckpt))
     return changes, layout
 
 

@@ -12,9 +12,12 @@ Every checkpoint stores the resolved run config (config.yaml). On resume the two
 - keys that may change are applied and printed as "changed on resume: key old -> new": the learning rate
   and its schedule (the schedule is a function of the step: a new lr, warm-up, decay length or floor takes
   effect at the resumed step; train.max_steps also moves the default decay end, schedule.decay_steps,
-  which is printed with the lr that results at the resumed step), cadences (log, eval, checkpoint), batch
-  sizes (the data position is a sample count, so a new global batch continues at the same sample; the lr
-  schedule keeps counting steps), precision (parameters are fp32 in both), and run bookkeeping;
+  which is printed with the lr that results at the resumed step; a new or moved cooldown must start at the
+  resumed step or later and continue the checkpoint's lr: lr_schedule.check_resume_cooldown), cadences
+  (log, eval, checkpoint), batch sizes (the data position is a sample count, so a new global batch continues
+  at the same sample; the lr schedule keeps counting steps), the data mixture (new weights or sources apply
+  from the resumed sample; every source continues after the sequences it already gave), precision (parameters are fp32 in both), and
+  run bookkeeping;
 - a key not listed in either class is refused: a new config key is unsafe until it is classified here.
 """
 from __future__ import annotations
@@ -26,7 +29,8 @@ from pipeline.config.base import ConfigError
 # Keys (fnmatch patterns over dotted names) that may change on resume.
 MAY_CHANGE = (
     "run_dir", "model.name", "model.note", "model.activation_checkpointing",
-    "data.path", "data.val_split", "data.verify", "data.tokenizer_sha256",
+    "data.path", "data.val_split", "data.verify", "data.tokenizer_sha256", "data.index", "data.index_cache",
+    "data.sources",   # a new mixture applies from the resumed sample on (pipeline/data/mixture.py)
     "train.max_steps", "train.global_batch_size", "train.micro_batch_size", "train.resume",
     "train.hard_stop_step", "train.max_bad_steps", "train.lock_stale_s", "train.stop_signals",
     "train.max_duration_s",
