@@ -7,6 +7,8 @@ apply on top. The resolved tree is saved with every checkpoint, so a run is repr
 """
 from __future__ import annotations
 
+import math
+import re
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +26,31 @@ EVAL_TASKS = ("piqa", "hellaswag", "arc_easy", "arc_challenge", "mmlu_var", "sci
 DOWNSTREAM_TASKS = ("mmlu_var", "hellaswag", "arc_challenge", "arc_easy", "piqa")
 
 
+_SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class SourceConfig:
+    """One source of a weighted mixture (pipeline/data/mixture.py): a data_prep folder and its share."""
+    name: str = ""                      # metric tags val/<name>/loss, data/<name>/tokens
+    path: str = ""                      # data_prep output folder holding manifest.json
+    weight: float = 1.0                 # share of the training sequences (normalised over all sources)
+    max_repetition: float | None = None  # most epochs of this source train.max_steps may use; null: no limit
+
+    def validate(self) -> None:
+        check(bool(_SOURCE_NAME.match(self.name)), "name",
+              f"{self.name!r} must be letters, digits, '_', '.' or '-' (it names metric tags)")
+        check(bool(self.path), "path", "is required (the data_prep output folder with manifest.json)")
+        check(math.isfinite(self.weight) and self.weight >= 0, "weight", f"must be >= 0, got {self.weight}")
+        check(self.max_repetition is None or self.max_repetition > 0, "max_repetition",
+              f"must be > 0 or null, got {self.max_repetition}")
+
+
 @dataclass
 class DataConfig:
-    path: str = ""                      # data_prep output folder holding manifest.json
+    path: str = ""                      # data_prep output folder holding manifest.json (one source)
+    # A weighted mixture instead of `path`: [{name, path, weight, max_repetition}], all from one tokenizer.
+    sources: list[SourceConfig] = field(default_factory=list)
     seq_len: int = 2048                 # tokens per packed training sequence
     train_split: str = "train"
     # Must exist in the manifest, like train_split. null = train without validation data, allowed only with
@@ -36,10 +60,35 @@ class DataConfig:
     # costs one read of the data per rank); "size": sizes and index structure only (fast, misses bit flips)
     verify: Literal["size", "full"] = "full"
     tokenizer_sha256: str | None = None  # expected tokenizer; a manifest built with another one is an error
+    # The packing index (document and sample order per epoch): "cache" = built once per node and memory-mapped
+    # (pipeline/data/index_cache.py); "memory" = computed per rank at each epoch (small data, read-only disks).
+    index: Literal["cache", "memory"] = "cache"
+    index_cache: str | None = None      # folder of the index cache; null: <source path>/index_cache
 
     def validate(self) -> None:
-        check(bool(self.path), "path", "is required (the data_prep output folder with manifest.json)")
+        check(bool(self.path) != bool(self.sources), "path",
+              "give either data.path (one folder) or data.sources (a weighted mixture)" if not self.path else
+              "data.path and data.sources are both given: use one (data.sources: [{name, path, weight}])")
         check(self.seq_len >= 2, "seq_len", f"must be >= 2, got {self.seq_len}")
+        for i, source in enumerate(self.sources):
+            try:
+                source.validate()
+            except ConfigError as e:
+                raise e.within(f"sources[{i}]") from None
+        names = [s.name for s in self.sources]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        check(not dup, "sources", f"source name {dup[0] if dup else ''!r} is used twice")
+        check(not self.sources or sum(s.weight for s in self.sources) > 0, "sources",
+              "every weight is 0: at least one source must have weight > 0")
+
+    @property
+    def primary_path(self) -> str:
+        """The folder whose manifest names the tokenizer (all sources share it)."""
+        return self.path or self.sources[0].path
+
+    def source_list(self) -> list[SourceConfig]:
+        """The sources to train on; `data.path` alone is one source of weight 1 (named "train")."""
+        return list(self.sources) or [SourceConfig(name="train", path=self.path)]
 
 
 @dataclass

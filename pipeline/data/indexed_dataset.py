@@ -160,6 +160,23 @@ class IndexedShardWriter:
         self._bin_tmp.unlink(missing_ok=True)
 
 
+def _check_index(where: str, lengths: np.ndarray, pointers: np.ndarray, doc_indices: np.ndarray, itemsize: int,
+                 chunk: int = 1 << 22) -> int:
+    """Lengths >= 1, pointers = their running byte sum, document indices 0..N; returns the token count.
+    Walked in chunks so that checking a 500M-document index needs a few MB, not a copy of it."""
+    n, total = int(lengths.size), 0
+    for lo in range(0, n, chunk):
+        part = np.asarray(lengths[lo: lo + chunk], dtype=np.int64)
+        expected = total * itemsize + np.concatenate(([0], np.cumsum(part[:-1]))) * itemsize
+        if part.min() < 1 or not np.array_equal(pointers[lo: lo + chunk], expected) \
+                or not np.array_equal(doc_indices[lo: lo + part.size], np.arange(lo, lo + part.size)):
+            raise ShardError(f"{where}: corrupted index (lengths, pointers or document indices disagree)")
+        total += int(part.sum())
+    if int(doc_indices[n]) != n:
+        raise ShardError(f"{where}: corrupted index (lengths, pointers or document indices disagree)")
+    return total
+
+
 class IndexedShardReader:
     """Memory-mapped reader with structural checks; every problem raises ShardError naming the file."""
 
@@ -169,11 +186,13 @@ class IndexedShardReader:
         for f in (self.idx_file, self.bin_file):
             if not f.is_file():
                 raise ShardError(f"{f}: missing shard file")
-        raw = self.idx_file.read_bytes()
         where = str(self.idx_file)
-        if len(raw) < _HEADER_BYTES or raw[: len(INDEX_HEADER)] != INDEX_HEADER:
+        size = self.idx_file.stat().st_size
+        with open(self.idx_file, "rb") as f:
+            head = f.read(_HEADER_BYTES)
+        if len(head) < _HEADER_BYTES or head[: len(INDEX_HEADER)] != INDEX_HEADER:
             raise ShardError(f"{where}: not a Megatron indexed-dataset index (bad header)")
-        version, code, n, n_doc = struct.unpack_from("<QBQQ", raw, len(INDEX_HEADER))
+        version, code, n, n_doc = struct.unpack_from("<QBQQ", head, len(INDEX_HEADER))
         if version != INDEX_VERSION:
             raise ShardError(f"{where}: unsupported index version {version}")
         names = {v: k for k, v in DTYPE_CODES.items()}
@@ -182,20 +201,16 @@ class IndexedShardReader:
         self.dtype = np.dtype(names[code])
         if expected_dtype is not None and self.dtype.name != expected_dtype:
             raise ShardError(f"{where}: token dtype {self.dtype.name}, manifest says {expected_dtype}")
-        if n_doc != n + 1 or len(raw) != idx_nbytes(n):
-            raise ShardError(f"{where}: truncated or inconsistent index ({len(raw)} bytes for {n} sequences)")
-        off = _HEADER_BYTES
+        if n_doc != n + 1 or size != idx_nbytes(n):
+            raise ShardError(f"{where}: truncated or inconsistent index ({size} bytes for {n} sequences)")
+        # Memory-mapped, not read: at hundreds of millions of documents per data set the index arrays would
+        # otherwise be a private copy in every rank; mapped, they are one copy in the page cache.
+        off, raw = _HEADER_BYTES, np.memmap(self.idx_file, dtype=np.uint8, mode="r")   # one mapping per file
         self.sequence_lengths = np.frombuffer(raw, dtype="<i4", count=n, offset=off)
         self.sequence_pointers = np.frombuffer(raw, dtype="<i8", count=n, offset=off + 4 * n)
         self.document_indices = np.frombuffer(raw, dtype="<i8", count=n + 1, offset=off + 12 * n)
-        lengths = self.sequence_lengths.astype(np.int64)
-        expected_ptr = np.zeros(n, dtype=np.int64)
-        if n > 1:
-            np.cumsum(lengths[:-1] * self.dtype.itemsize, out=expected_ptr[1:])
-        if (n and lengths.min() < 1) or not np.array_equal(self.sequence_pointers, expected_ptr) \
-                or not np.array_equal(self.document_indices, np.arange(n + 1)):
-            raise ShardError(f"{where}: corrupted index (lengths, pointers or document indices disagree)")
-        self.num_tokens = int(lengths.sum())
+        self.num_tokens = _check_index(where, self.sequence_lengths, self.sequence_pointers,
+                                       self.document_indices, self.dtype.itemsize)
         size = self.bin_file.stat().st_size
         if size != self.num_tokens * self.dtype.itemsize:
             raise ShardError(f"{self.bin_file}: {size} bytes, index expects {self.num_tokens * self.dtype.itemsize}")

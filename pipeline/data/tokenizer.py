@@ -14,13 +14,12 @@ Every problem raises TokenizerError, a one-line message naming the file or value
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.data.manifest import MANIFEST_NAME
+from pipeline.data.manifest import MANIFEST_NAME, sha256_file
 
 # Looked up, in this order, among a HF tokenizer's added special tokens when no --eos-token is given.
 EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|eos|>", "<|im_end|>")
@@ -36,14 +35,6 @@ class TokenizerSpec:
     path: str
     eos_id: int | None = None
     eos_token: str | None = None
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class Tokenizer:
@@ -122,7 +113,7 @@ class Tokenizer:
         return self._decode(ids)
 
     def describe(self) -> dict:
-        return {"path": self.spec.path, "sha256": file_sha256(self.spec.path), "kind": self.kind,
+        return {"path": self.spec.path, "sha256": sha256_file(self.spec.path), "kind": self.kind,
                 "vocab_size": self.vocab_size, "eos_id": self.eos_id}
 
 
@@ -145,15 +136,17 @@ def locate_tokenizer(record: dict, bases: list[Path]) -> dict:
     recorded = Path(record["path"])
     candidates = [recorded] + [base / recorded for base in bases] + [base / recorded.name for base in bases]
     for c in dict.fromkeys(candidates):
-        if c.is_file() and (not record.get("sha256") or file_sha256(c) == record["sha256"]):
+        if c.is_file() and (not record.get("sha256") or sha256_file(c) == record["sha256"]):
             return {**record, "path": str(c.resolve())}
     return record
 
 
 def tokenizer_record_from_run_config(run_config: dict) -> dict | None:
-    """The manifest's tokenizer record of the run config's data.path (relative: to the working directory,
-    as during training), with the tokenizer file located (see locate_tokenizer); None if unavailable."""
-    data_path = (run_config.get("data") or {}).get("path")
+    """The manifest's tokenizer record of the run config's data.path, or of its first data.sources folder
+    (relative: to the working directory, as during training), with the tokenizer file located (see
+    locate_tokenizer); None if unavailable."""
+    data = run_config.get("data") or {}
+    data_path = data.get("path") or ((data.get("sources") or [{}])[0].get("path"))
     if not data_path:
         return None
     record = read_manifest_tokenizer(data_path)
@@ -175,11 +168,11 @@ def load_tokenizer(path: str | Path | None, record: dict | None, model_vocab_siz
         path = record["path"]
         if not Path(path).is_file():
             raise TokenizerError(f"{path}: recorded tokenizer not found: pass --tokenizer")
-        if record.get("sha256") and file_sha256(path) != record["sha256"]:
+        if record.get("sha256") and sha256_file(path) != record["sha256"]:
             raise TokenizerError(f"{path}: sha256 differs from the one recorded at training time")
-    elif record and record.get("sha256") and Path(path).is_file() and file_sha256(path) != record["sha256"]:
+    elif record and record.get("sha256") and Path(path).is_file() and sha256_file(path) != record["sha256"]:
         # scores or text from another tokenizer's ids would look plausible and mean nothing
-        raise TokenizerError(f"--tokenizer {path}: sha256 {file_sha256(path)[:16]}… is not the tokenizer the model "
+        raise TokenizerError(f"--tokenizer {path}: sha256 {sha256_file(path)[:16]}… is not the tokenizer the model "
                              f"was trained with ({record['sha256'][:16]}…)")
     eos = record.get("eos_id") if record else None
     tok = Tokenizer(TokenizerSpec(str(path), eos_id=eos))

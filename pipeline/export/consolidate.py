@@ -86,7 +86,7 @@ def consolidate(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig,
     meta = {"format": FORMAT, "source": str(step_dir.resolve()), "step": info.step,
             "parameters": int(sum(v.numel() for v in state.values())),
             "tokenizer": tokenizer_record_from_run_config(info.run_config),
-            "data": {k: (info.run_config.get("data") or {}).get(k) for k in ("path", "seq_len", "val_split")}}
+            "data": _data_record(info.run_config.get("data") or {})}
     return state, info.model_cfg, meta
 
 
@@ -135,3 +135,12 @@ def save_consolidated(out_dir: str | Path, state: dict[str, torch.Tensor], cfg: 
         (tmp / EXPORT_INFO_FILE).write_text(json.dumps({**meta, "dtype": str(dtype).replace("torch.", "")},
                                                        indent=1) + "\n")
     return write_folder_atomically(out_dir, files, overwrite)
+
+
+def _data_record(data: dict) -> dict:
+    """path, seq_len, val_split of the run's data; a mixture's path is its first source's (every source shares
+    the tokenizer, which is what readers look up through this path)."""
+    record = {k: data.get(k) for k in ("path", "seq_len", "val_split")}
+    if not record["path"] and data.get("sources"):
+        record["path"] = data["sources"][0].get("path")
+    return record

@@ -90,7 +90,7 @@ def _build(cfg: RunConfig, dist_info: DistInfo | None, model_factory, rank: int,
     parallel = ParallelRun(cfg, dist_info)   # validates the `parallel:` layout, builds the process groups
     train_data, val_data, _ = build_loaders(
         cfg.data, cfg.model.vocab_size, cfg.train.seed, cfg.train.global_batch_size, cfg.train.micro_batch_size,
-        cfg.eval.batches, parallel.dp_rank, parallel.dp_size)
+        cfg.eval.batches, parallel.dp_rank, parallel.dp_size, max_steps=cfg.train.max_steps)
     if model_factory is None:
         # meta: nothing is allocated before the parallel layout says what this rank owns (prepare_model)
         from pipeline.model import build_model
@@ -129,7 +129,7 @@ def build_callbacks(cfg: RunConfig, dist_info: DistInfo, parallel: ParallelRun, 
 def _downstream_callback(cfg: RunConfig, rank: int, parallel):
     from pipeline.data.tokenizer import tokenizer_record_from_run_config
     from pipeline.train.callbacks.downstream import DownstreamEvalCallback
-    record = tokenizer_record_from_run_config({"data": {"path": cfg.data.path}})
+    record = tokenizer_record_from_run_config({"data": {"path": cfg.data.primary_path}})
     return DownstreamEvalCallback(cfg.eval, record, cfg.model.vocab_size, cfg.run_dir, rank,
                                   forward_has_collectives=parallel.groups is not None)
 

@@ -9,11 +9,12 @@ one line naming the file, raised before any reader parses it.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import torch.distributed as dist
+
+from pipeline.data.manifest import sha256_file
 
 MANIFEST = "checksums.json"
 FORMAT = 1
@@ -21,14 +22,6 @@ FORMAT = 1
 
 class CheckpointDamaged(ValueError):
     """A checkpoint file differs from its manifest (or the manifest itself is unreadable)."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def checkpoint_files(folder: Path) -> list[str]:
@@ -63,7 +56,7 @@ def write_manifest(folder: Path, collective: bool = True) -> None:
 
     rank, world = _world() if collective else (0, 1)
     files = checkpoint_files(folder)
-    mine = {f: {"bytes": (folder / f).stat().st_size, "sha256": _sha256(folder / f)}
+    mine = {f: {"bytes": (folder / f).stat().st_size, "sha256": sha256_file(folder / f)}
             for f in _my_share(files, rank, world)}
     merged: dict = {}
     for part in (_gather(mine) if collective else [mine]):
@@ -104,7 +97,7 @@ def _problems(folder: Path, expected: dict[str, dict], names: list[str]) -> list
             continue
         if size != entry["bytes"]:
             out.append(f"{path}: {size} bytes, {MANIFEST} records {entry['bytes']} (truncated or rewritten)")
-        elif _sha256(path) != entry["sha256"]:
+        elif sha256_file(path) != entry["sha256"]:
             out.append(f"{path}: sha256 differs from {MANIFEST} (the file is damaged)")
     return out
 

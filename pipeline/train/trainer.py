@@ -190,6 +190,8 @@ class Trainer:
             scalars.update(self.external.learning_rates(self.step))
         scalars["tokens_seen"] = float(self.step * self.tokens_per_step)
         scalars["epoch"] = self.train_data.epoch
+        if self.cfg.data.sources:
+            scalars.update(self.train_data.source_metrics())
         scalars["skipped_steps"] = float(self.bad_steps.skipped_total)
         return StepResult(self.step, scalars, histograms)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.data.manifest import load_manifest, write_manifest
-from pipeline.data.tokenizer import file_sha256
+from pipeline.data.manifest import sha256_file as file_sha256
 from tests.helpers.multirank import REPO
 from tests.pipeline.data.shard_fixture import random_documents, write_shard_folder
 from tests.pipeline.train.runs import EOS, TINY_RUN, VOCAB

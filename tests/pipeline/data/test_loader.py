@@ -63,8 +63,7 @@ def test_shuffle_is_a_seeded_permutation_of_packed_documents(shards):
     ea = [a[i]["input_ids"].tolist() for i in range(n)]
     assert ea == [b[i]["input_ids"].tolist() for i in range(n)]
     assert ea != [c[i]["input_ids"].tolist() for i in range(n)]
-    a._load_epoch(0)
-    ref = reference_samples(train, a._doc_order, 16)
+    ref = reference_samples(train, a.index.get(0).doc_order, 16)
     assert sorted(map(tuple, ea)) == sorted(tuple(r["input_ids"]) for r in ref)  # every window once
     # Epoch 1 is a different order of the same documents.
     e1 = [a[n + i]["input_ids"].tolist() for i in range(n)]
@@ -118,7 +117,7 @@ def test_validation_batches_are_fixed(shards):
     cfg = DataConfig(path=str(folder), seq_len=16)
     _, v, _ = build_loaders(cfg, VOCAB, seed=1, global_batch=4, micro_batch=2, eval_batches=3, dp_rank=0,
                             dp_size=1)
-    a, b = list(v), list(v)
+    a, b = list(v[0].batches), list(v[0].batches)
     assert len(a) == 3
     ref = reference_samples(val, np.arange(len(val)), 16)
     assert a[0]["input_ids"][0].tolist() == ref[0]["input_ids"]
@@ -173,7 +172,7 @@ def test_validation_windows_do_not_depend_on_the_world_size(shards):
         for rank in range(dp):
             _, v, _ = build_loaders(cfg, VOCAB, seed=1, global_batch=4 * dp, micro_batch=2, eval_batches=3,
                                     dp_rank=rank, dp_size=dp)
-            batches = list(v)
+            batches = list(v[0].batches)
             assert len(batches) == -(-3 // dp)
             rows += [ids.tolist() for b in batches for ids, lab in zip(b["input_ids"], b["labels"])
                      if (lab != -100).any()]

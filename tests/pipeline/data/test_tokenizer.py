@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from pipeline.data.tokenizer import (Tokenizer, TokenizerError, TokenizerSpec, file_sha256, load_tokenizer,
+from pipeline.data.manifest import sha256_file as file_sha256
+from pipeline.data.tokenizer import (Tokenizer, TokenizerError, TokenizerSpec, load_tokenizer,
                                      tokenizer_record_from_run_config)
 
 
