@@ -7,6 +7,7 @@ apply on top. The resolved tree is saved with every checkpoint, so a run is repr
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 import signal
@@ -357,7 +358,30 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] | None 
         raw["model"] = _load_model_ref(raw["model"], base_dir)
     if "model" not in raw:
         raise ConfigError("model: is required (a mapping or the path of a configs/model/*.yaml file)")
+    _vocab_from_data(raw)
     return build_config(RunConfig, raw)
+
+
+def _vocab_from_data(raw: dict) -> None:
+    """model.vocab_size not given: the data's tokenizer sets it (manifest.json of data.path, or of the first
+    data.sources folder: they share the tokenizer), and padded_vocab_size, if not given either, is the next
+    multiple of 128. So a run on another tokenizer's data needs no vocabulary overrides."""
+    model = raw["model"]
+    if not isinstance(model, dict) or "vocab_size" in model:
+        return
+    data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    sources = data.get("sources") if isinstance(data.get("sources"), list) else []
+    folder = data.get("path") or (sources[0].get("path") if sources and isinstance(sources[0], dict) else None)
+    if not folder or not isinstance(folder, str):
+        return   # data.path's own validation names what is missing
+    manifest = Path(folder) / "manifest.json"
+    try:
+        vocab = int(json.loads(manifest.read_text())["tokenizer"]["vocab_size"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError.at("model.vocab_size", f"not given, and {manifest}, where it is then read from, is not "
+                             f"readable ({type(e).__name__}): prepare the data first or give model.vocab_size") from None
+    model["vocab_size"] = vocab
+    model.setdefault("padded_vocab_size", -(-vocab // 128) * 128)
 
 
 def run_config_to_yaml(cfg: RunConfig) -> str:
