@@ -1,4 +1,4 @@
-"""Command line: `python -m data_prep {train-tokenizer,shard,verify} ... [--help]`.
+"""Command line: `python -m data_prep {train-tokenizer,shard,verify,stats} ... [--help]`.
 
 Every failure ends in a one-line message naming the file/line/field/value. Exit status 2: something to fix
 (bad or truncated input, bad argument, corrupted shard, an output folder holding another run), argument syntax
@@ -82,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("folder", help="output folder of `shard`")
     v.add_argument("--quick", action="store_true", help="sizes and index structure only, no checksums")
     v.add_argument("--no-progress", dest="progress", action="store_false")
+
+    st = sub.add_parser("stats", help="documents and tokens per folder; a run config's epochs per source",
+                        description="Print documents, tokens and shards per split of each folder (manifest.json "
+                        "only) and, with --config, the mixture of that run: each source's share, sequences drawn "
+                        "in train.max_steps and the epochs that means.")
+    st.add_argument("folders", nargs="*", metavar="OUT", help="output folders of `shard`")
+    st.add_argument("--config", nargs="+", metavar=("RUN.yaml", "KEY=VALUE"),
+                    help="run config whose data.sources / data.path to plan, then dotted overrides as for training")
     return parser
 
 
@@ -108,6 +116,12 @@ def main(argv: list[str] | None = None) -> int:
             cfg = from_dict(TrainTokenizerConfig, values)
             validate_tree(cfg)
             run_train_tokenizer(cfg)
+        elif args.command == "stats":
+            from data_prep.folder_stats import run_stats
+            if not args.folders and args.config is None:
+                raise ConfigError("stats: name at least one folder or --config RUN.yaml")
+            config, *overrides = args.config or [None]
+            run_stats(args.folders, config, overrides)
         else:
             from data_prep.verify import run_verify
             run_verify(args.folder, "size" if args.quick else "full", args.progress)

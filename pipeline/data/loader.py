@@ -23,7 +23,7 @@ import torch
 
 from pipeline.data.index_cache import CachedIndex, content_fingerprint
 from pipeline.data.indexed_dataset import IndexedShardReader, ShardError
-from pipeline.data.manifest import Manifest, load_manifest
+from pipeline.data.manifest import Manifest, check_counts, load_manifest
 from pipeline.data.mixture import MixedSequences
 from pipeline.data.packing import IGNORE_INDEX, PackedSequences
 
@@ -46,6 +46,8 @@ class SplitDocuments:
         if not records:
             raise ShardError(f"{folder / 'manifest.json'}: no shards for split {split!r}")
         self.readers = [IndexedShardReader(folder / r.prefix, expected_dtype=manifest.dtype) for r in records]
+        for reader, record in zip(self.readers, records):
+            check_counts(reader, record)
         self._first_doc = np.cumsum([0] + [len(r) for r in self.readers], dtype=np.int64)
         self.num_docs = int(self._first_doc[-1])
         self.total_tokens = sum(r.num_tokens for r in self.readers)
@@ -75,7 +77,8 @@ def check_data_fits_model(manifest: Manifest, folder: Path, model_vocab_size: in
 def open_split(folder: str | Path, split: str, verify: str, model_vocab_size: int,
                expected_tokenizer_sha256: str | None = None) -> tuple[Manifest, SplitDocuments]:
     folder = Path(folder)
-    manifest = load_manifest(folder, verify=verify)
+    # The shard indices are checked when SplitDocuments opens them (once, not twice per rank).
+    manifest = load_manifest(folder, verify=verify, open_index=False)
     check_data_fits_model(manifest, folder, model_vocab_size, expected_tokenizer_sha256)
     return manifest, SplitDocuments(folder, manifest, split)
 

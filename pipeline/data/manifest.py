@@ -150,8 +150,10 @@ def read_manifest(folder: str | Path) -> Manifest:
     return _parse(path, raw)
 
 
-def verify_shard(folder: Path, rec: ShardRecord, dtype: str, level: Verify) -> None:
-    """Check one shard against its manifest record; raises ShardError naming the bad file."""
+def verify_shard(folder: Path, rec: ShardRecord, dtype: str, level: Verify, open_index: bool = True) -> None:
+    """Check one shard against its manifest record; raises ShardError naming the bad file. open_index=False
+    leaves the index structure and its counts to a caller that opens the shard anyway (check_counts): at
+    hundreds of millions of documents the index check is the slow part of a rank's start."""
     if level == "none":
         return
     b, i = folder / rec.bin, folder / rec.idx
@@ -167,27 +169,32 @@ def verify_shard(folder: Path, rec: ShardRecord, dtype: str, level: Verify) -> N
         for f, want in ((b, rec.bin_sha256), (i, rec.idx_sha256)):
             got = sha256_file(f)
             _require(got == want, f, f"sha256 mismatch (file {got[:12]}…, manifest {want[:12]}…): corrupted")
-    reader = IndexedShardReader(folder / rec.prefix, expected_dtype=dtype)
+    if open_index:
+        check_counts(IndexedShardReader(folder / rec.prefix, expected_dtype=dtype), rec)
+
+
+def check_counts(reader: IndexedShardReader, rec: ShardRecord) -> None:
+    i = reader.idx_file
     _require(len(reader) == rec.documents and reader.num_tokens == rec.tokens, i,
              f"holds {len(reader)} documents / {reader.num_tokens} tokens, manifest says "
              f"{rec.documents} / {rec.tokens}")
 
 
 def verify_manifest(folder: str | Path, manifest: Manifest, level: Verify = "full",
-                    on_shard: Callable[[ShardRecord], None] | None = None) -> None:
+                    on_shard: Callable[[ShardRecord], None] | None = None, open_index: bool = True) -> None:
     folder = Path(folder)
     for rec in manifest.shards:
-        verify_shard(folder, rec, manifest.dtype, level)
+        verify_shard(folder, rec, manifest.dtype, level, open_index)
         if on_shard is not None:
             on_shard(rec)
 
 
-def load_manifest(folder: str | Path, verify: Verify = "size") -> Manifest:
+def load_manifest(folder: str | Path, verify: Verify = "size", open_index: bool = True) -> Manifest:
     """Read `folder/manifest.json` and check the shards at the requested level (see module docstring)."""
     if verify not in ("none", "size", "full"):
         raise ValueError(f"verify must be 'none', 'size' or 'full', got {verify!r}")
     m = read_manifest(folder)
-    verify_manifest(folder, m, verify)
+    verify_manifest(folder, m, verify, open_index=open_index)
     return m
 
 
@@ -202,5 +209,5 @@ def iter_documents(folder: str | Path, split: str, manifest: Manifest | None = N
 
 
 __all__ = ["FORMAT_VERSION", "MANIFEST_NAME", "SPLITS", "Manifest", "ShardError", "ShardRecord",
-           "TokenizerRecord", "bin_path", "idx_path", "iter_documents", "load_manifest", "read_manifest",
+           "TokenizerRecord", "bin_path", "check_counts", "idx_path", "iter_documents", "load_manifest", "read_manifest",
            "sha256_file", "shard_name", "verify_manifest", "verify_shard", "write_manifest"]

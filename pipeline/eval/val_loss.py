@@ -41,7 +41,7 @@ def validation_loss(model, data_path: str, seq_len: int, split: str = "val", mic
                     max_sequences: int | None = None, verify: str = "size",
                     trained_tokenizer: dict | None = None) -> dict[str, float]:
     folder = Path(data_path)
-    manifest = load_manifest(folder, verify=verify)
+    manifest = load_manifest(folder, verify=verify, open_index=False)   # SplitDocuments checks the index
     check_data_fits_model(manifest, folder, model.cfg.vocab_size, None)
     check_data_tokenizer(manifest, folder, trained_tokenizer)
     if seq_len > model.cfg.max_seq_len:
