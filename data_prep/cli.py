@@ -1,4 +1,4 @@
-"""Command line: `python -m data_prep {train-tokenizer,shard,verify,stats} ... [--help]`.
+"""Command line: `python -m data_prep {train-tokenizer,shard,verify,stats,index} ... [--help]`.
 
 Every failure ends in a one-line message naming the file/line/field/value. Exit status 2: something to fix
 (bad or truncated input, bad argument, corrupted shard, an output folder holding another run), argument syntax
@@ -90,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("folders", nargs="*", metavar="OUT", help="output folders of `shard`")
     st.add_argument("--config", nargs="+", metavar=("RUN.yaml", "KEY=VALUE"),
                     help="run config whose data.sources / data.path to plan, then dotted overrides as for training")
+
+    ix = sub.add_parser("index", help="build a run config's packing index cache offline",
+                        description="Build the packing index cache (data.index_cache) of a run config's sources for "
+                        "every epoch its train.max_steps needs, as training would at start.")
+    ix.add_argument("--config", nargs="+", required=True, metavar=("RUN.yaml", "KEY=VALUE"),
+                    help="run config, then dotted overrides as for training")
     return parser
 
 
@@ -116,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
             cfg = from_dict(TrainTokenizerConfig, values)
             validate_tree(cfg)
             run_train_tokenizer(cfg)
+        elif args.command == "index":
+            from data_prep.build_index import run_build_index
+            config, *overrides = args.config
+            run_build_index(config, overrides)
         elif args.command == "stats":
             from data_prep.folder_stats import run_stats
             if not args.folders and args.config is None:

@@ -31,3 +31,25 @@ def test_nothing_to_report_and_a_missing_folder_are_one_line_errors(tmp_path):
     assert rc == 2 and err.count("\n") == 1 and "--config" in err
     rc, _, err = run_cli("stats", tmp_path / "none")
     assert rc == 2 and err.count("\n") == 1 and "manifest.json: missing" in err
+
+
+def test_index_is_built_offline_and_training_reuses_it(tmp_path):
+    from pipeline.config.run import load_run_config
+    from pipeline.data.loader import build_loaders
+    from pipeline.data.manifest import read_manifest
+
+    web = write_shard_folder(tmp_path / "web", {"train": random_documents(100, 512, 511, seed=1),
+                                                "val": random_documents(10, 512, 511, seed=2)}, 512, 511)
+    args = [TINY_RUN, f"run_dir={tmp_path / 'run'}", f"data.path={web}", "train.max_steps=100"]
+    rc, out, err = run_cli("index", "--config", *args)
+    assert rc == 0, err
+    per_epoch = (read_manifest(web).totals["train"]["tokens"] - 1) // 32
+    assert f"train: {-(-100 * 4 // per_epoch)} epoch(s) ready in" in out, out
+    folder = next((web / "index_cache").iterdir())
+    mtimes = {p: p.stat().st_mtime_ns for p in folder.iterdir()}
+    cfg = load_run_config(args[0], args[1:])
+    build_loaders(cfg.data, 512, cfg.train.seed, cfg.train.global_batch_size, cfg.train.micro_batch_size, 1, 0, 1,
+                  max_steps=cfg.train.max_steps)
+    assert {p: p.stat().st_mtime_ns for p in folder.iterdir()} == mtimes
+    rc, _, err = run_cli("index", "--config", *args, "data.index=memory")
+    assert rc == 2 and err.count("\n") == 1 and "data.index='memory'" in err
