@@ -20,77 +20,17 @@ import sys
 
 from pipeline.config.base import ConfigError
 from pipeline.config.model import load_model_config
-from pipeline.model import build_model
-from pipeline.model.flops import (attention_flops_per_token, forward_flops_per_token,
-                                  param_counts, training_flops_per_token)
-from pipeline.model.memory import (PRECISION_RULES, TERM_NAMES, Layout, deepspeed_buffer_bytes, memory_breakdown,
-                                   per_rank_bytes)
+from pipeline.model.inspect_report import inspect_config, meta_counts
+from pipeline.model.memory import PRECISION_RULES, TERM_NAMES, Layout
 
-
-def meta_counts(model) -> dict[str, int]:
-    """Counts taken from the real parameter tensors (meta device), by name and attribute."""
-    out = {"total": 0, "oe_tables": 0, "oe_projections": 0, "embedding_padded": 0, "experts": 0}
-    for name, p in model.named_parameters():
-        n = p.numel()
-        out["total"] += n
-        if getattr(p, "_oe_table", False):
-            out["oe_tables"] += n
-        elif name == "over_encoding.proj.weight":
-            out["oe_projections"] += n
-        elif name == "embed.weight":
-            out["embedding_padded"] += n
-        elif getattr(p, "_moe_expert", False):
-            out["experts"] += n
-    return out
-
-
-def inspect_config(cfg, layout: Layout | None = None, param_dtype: str = "bf16", zero_stage: int = 1,
-                   seq_len: int | None = None, table_optimizer: str = "adamw", oe_shard_group: str = "dp",
-                   tokens_per_rank_step: int | None = None, zero_config: dict | None = None) -> dict:
-    """`zero_config`: the DeepSpeed JSON's zero_optimization section (sizes ZeRO-3's fixed reduce bucket;
-    None: DeepSpeed's defaults)."""
-    counts = param_counts(cfg)
-    model = build_model(cfg, device="meta")
-    real = meta_counts(model)
-    for key, value in real.items():
-        if counts[key] != value:
-            raise RuntimeError(f"analytic {key}={counts[key]} disagrees with the built model ({value})")
-    seq = seq_len or cfg.max_seq_len
-    report = {
-        "name": cfg.name,
-        "note": cfg.note,
-        "params_total": counts["total"],
-        "params_active": counts["active"],
-        "params_embedding": counts["embedding"],
-        "params_embedding_padded": counts["embedding_padded"],
-        "params_embedding_with_oe": counts["embedding_with_oe"],
-        "params_over_encoding": counts["over_encoding"],
-        "params_oe_tables": counts["oe_tables"],
-        "params_oe_projections": counts["oe_projections"],
-        "params_over_decoding": counts["over_decoding"],
-        "params_experts": counts["experts"],
-        "flops_per_token": forward_flops_per_token(cfg),
-        "attention_flops_per_token": attention_flops_per_token(cfg, seq),
-        "training_flops_per_token": training_flops_per_token(cfg, seq),
-        "seq_len": seq,
-    }
-    if layout is not None:
-        memory = (cfg, layout, param_dtype, zero_stage, table_optimizer, oe_shard_group, tokens_per_rank_step)
-        report["layout"] = {"dp": layout.dp, "tp": layout.tp, "ep": layout.ep, "param_dtype": param_dtype,
-                            "zero_stage": zero_stage, "table_optimizer": table_optimizer,
-                            "oe_shard_group": oe_shard_group, "tokens_per_rank_step": tokens_per_rank_step}
-        buffers = deepspeed_buffer_bytes(zero_stage, zero_config, param_dtype)
-        report["per_rank_bytes"] = per_rank_bytes(*memory, buffer_bytes=buffers)
-        report["memory_by_kind"] = memory_breakdown(*memory)
-    return report
+__all__ = ["inspect_config", "inspect_run_config", "main", "meta_counts"]
 
 
 def inspect_run_config(path: str, overrides: list[str], world: int | None, layout: Layout | None,
                        param_dtype: str | None = None, zero_stage: int | None = None) -> dict:
     """The run's layout (tp, ep from `parallel:`, dp = world / tp), precision, ZeRO stage and batch."""
     from pipeline.config.run import load_run_config
-    from pipeline.train.deepspeed_config import build_deepspeed_config, gradient_accumulation_steps
-    from pipeline.train.parallel_run import check_run_layout
+    from pipeline.train.run_summary import inspect_run
 
     try:
         cfg = load_run_config(path, overrides)
@@ -108,19 +48,7 @@ def inspect_run_config(path: str, overrides: list[str], world: int | None, layou
             raise ConfigError(f"--world {world} disagrees with --layout dp x tp = {layout.dp * layout.tp}")
     if world is None:
         raise ConfigError("--run-config needs --world N (the number of GPUs) or --layout dp=...")
-    check_run_layout(cfg, world)                       # the trainer's own layout checks, one line each
-    dp = world // par.tp
-    accum = gradient_accumulation_steps(cfg, dp)       # global batch must tile micro batch x dp
-    zero_config = build_deepspeed_config(cfg, dp)["zero_optimization"]   # the user JSON merged, as in training
-    precision = param_dtype or cfg.deepspeed.precision
-    zero = cfg.deepspeed.zero_stage if zero_stage is None else zero_stage
-    tokens = cfg.train.global_batch_size * cfg.data.seq_len // dp
-    report = inspect_config(cfg.model, Layout(dp=dp, tp=par.tp, ep=par.ep), precision, zero, cfg.data.seq_len,
-                            par.table_optimizer, par.oe_shard_group, tokens, zero_config)
-    report["run"] = {"config": str(path), "world": world, "micro_batch_size": cfg.train.micro_batch_size,
-                     "global_batch_size": cfg.train.global_batch_size, "gradient_accumulation_steps": accum,
-                     "seq_len": cfg.data.seq_len}
-    return report
+    return inspect_run(cfg, world, str(path), param_dtype, zero_stage)
 
 
 def _human(n: float) -> str:

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from pipeline.train.build import build_trainer
 
-        trainer = build_trainer(cfg)
+        trainer = build_trainer(cfg, config_path=args.config)
     except (ConfigError, ShardError, DataMismatchError, FileNotFoundError, UnsafeCheckpointError, CheckpointDamaged,
             RunDirLocked) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)

@@ -22,11 +22,23 @@ else
 need_apt=()
 command -v mpirun >/dev/null 2>&1 || need_apt+=(openmpi-bin)
 [ -e /usr/include/x86_64-linux-gnu/openmpi ] || ls /usr/lib/*/libmpi.so >/dev/null 2>&1 || need_apt+=(libopenmpi-dev)
+# Headless Chromium (Debian package `chromium`) renders the TensorBoard page for its test and the
+# docs/img/tensorboard.png screenshot (scripts/tensorboard_screenshot.py). Optional: without it that one test
+# is skipped, so a failed install only warns.
+need_browser=0
+command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || need_browser=1
+if [ ${#need_apt[@]} -gt 0 ] || [ "$need_browser" = 1 ]; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq || [ ${#need_apt[@]} -eq 0 ]   # fatal only when MPI is missing
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "[setup] apt-get install ${need_apt[*]}"
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libopenmpi-dev openmpi-bin >/dev/null
+fi
+if [ "$need_browser" = 1 ]; then
+  echo "[setup] apt-get install chromium"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null \
+    || echo "[setup] warning: chromium not installed; tests/launch/test_tensorboard_page.py will be skipped"
 fi
 
 req_hash=$(cat requirements.txt pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)

@@ -242,8 +242,9 @@ class DeepSpeedConfig:
 @dataclass
 class LogConfig:
     every: int = 10                     # steps between metric records / console lines
-    tensorboard: bool = True            # run_dir/tensorboard (rank 0)
+    tensorboard: bool = True            # run_dir/tensorboard/<run_dir name> (rank 0)
     histogram_every: int = 100          # expert-count histograms (multiple of `every` to be seen)
+    oe_health: bool = True              # Over-Encoding table usage / norm / gradient metrics (pipeline/train/oe_health.py)
     peak_flops_per_device: float | None = None  # for MFU; null: MFU is not reported
 
     def validate(self) -> None:

@@ -7,6 +7,14 @@ All tables live in ONE parameter (`table`, sum_t (m+2t) rows) addressed through 
 all lookups go through `lookup`, so a parallelize step can row-shard the table and swap in an all-to-all
 lookup (paper §3.3). The k(n-1) projections W_t are one Linear over the concatenated table vectors, which
 equals sum_t W_t e_t in one GEMM.
+
+Two monitoring switches, both off (None) unless the trainer's OE health metrics set them
+(pipeline/train/oe_health.py). They are plain attributes, not buffers, so they are never checkpointed,
+broadcast or moved with the module, and they act in training mode only (validation and evaluation forwards
+would otherwise count as use of the tables):
+  touched_rows  bool [rows of `table`]: every training lookup marks the rows it reads (a sharded lookup marks
+                the rows its owner serves to any rank);
+  norm_probe    a list: each training forward appends norm_stats(...) of its token embedding and n-gram part.
 """
 from __future__ import annotations
 
@@ -71,6 +79,8 @@ class OverEncoding(nn.Module):
         # zero fill per step); needs a table optimizer that takes sparse gradients (RowSparseAdam).
         self.sparse_grad = False
         self.output_norm = RMSNorm(d_model, norm_eps) if cfg.output_norm else None
+        self.touched_rows: torch.Tensor | None = None
+        self.norm_probe: list[torch.Tensor] | None = None
         self.reset_parameters()
 
     @torch.no_grad()
@@ -89,6 +99,8 @@ class OverEncoding(nn.Module):
 
     def lookup(self, global_rows: torch.Tensor) -> torch.Tensor:
         """Rows of the stacked table -> vectors [..., table_dim]. Replaced by a sharded lookup under DP."""
+        if self.touched_rows is not None and self.training:
+            self.touched_rows[global_rows] = True
         return F.embedding(global_rows, self.table, sparse=self.sparse_grad)
 
     def table_ids(self, input_ids: torch.Tensor, doc_starts: torch.Tensor | None) -> torch.Tensor:
@@ -118,11 +130,27 @@ class OverEncoding(nn.Module):
         # = sum_t W_t e_t. Under bf16 autocast the projection runs in bf16 but its output joins the fp32
         # token embedding, and the 1/(1+k(n-1)) mean below is taken in fp32, so the small n-gram share is
         # not rounded against the 1-gram embedding.
-        ngram = self.proj(vecs.flatten(-2))
+        summed = self.proj(vecs.flatten(-2))
+        ngram = summed
         if self.output_norm is not None:
             ngram = self.output_norm(ngram)
         if self.cfg.output_scale != 1.0:
             ngram = ngram * self.cfg.output_scale
+        if self.norm_probe is not None and self.training:
+            self.norm_probe.append(self.norm_stats(token_emb, vecs, summed, ngram))
         if not self.cfg.unigram:        # ablation: the mean over the n-gram tables only
             return ngram / self.num_tables, ids
         return (token_emb + ngram) / (1 + self.num_tables), ids
+
+    @torch.no_grad()
+    def norm_stats(self, token_emb: torch.Tensor, vecs: torch.Tensor, summed: torch.Tensor,
+                   ngram: torch.Tensor) -> torch.Tensor:
+        """Sums of squares (fp64, detached) [token_emb, n-gram part as it enters the mean, sum_t W_t e_t,
+        W_0 e_0, ..., W_{T-1} e_{T-1}]. All have B*S*D elements, so ratios of these sums are squared RMS ratios.
+        The per-table projections are one small GEMM per table (the FLOPs of the projection once more), so
+        they are only computed when the probe is on."""
+        def sq(x: torch.Tensor) -> torch.Tensor:
+            return x.double().square().sum()
+        weight = self.proj.weight.view(self.proj.out_features, self.num_tables, self.table_dim)
+        per_table = [sq(vecs[..., t, :].to(weight.dtype) @ weight[:, t].T) for t in range(self.num_tables)]
+        return torch.stack([sq(token_emb), sq(ngram), sq(summed), *per_table])

@@ -52,7 +52,8 @@ class ShardedOverEncoding(OverEncoding):
         # sums their row gradients, so scale by the group size to get the data-parallel mean
         return sharded_lookup(self.table, global_rows, self.sharding, self.group,
                               grad_scale=1.0 / self.sharding.world, sparse_grad=self.sparse_grad,
-                              out_dtype=matmul_dtype(self.table))
+                              out_dtype=matmul_dtype(self.table),
+                              touched=self.touched_rows if self.training else None)
 
 
 def _swap(model: nn.Module, kind: type, make) -> int:

@@ -49,7 +49,7 @@ class _ShardedLookup(torch.autograd.Function):
     @staticmethod
     def forward(ctx, shard: torch.Tensor, ids: torch.Tensor, sharding: RowSharding,
                 group: dist.ProcessGroup, grad_scale: float, sparse_grad: bool,
-                out_dtype: torch.dtype) -> torch.Tensor:
+                out_dtype: torch.dtype, touched: torch.Tensor | None) -> torch.Tensor:
         world, dim = sharding.world, shard.shape[1]
         flat = ids.reshape(-1)
         uniq, inverse = torch.unique(flat, sorted=True, return_inverse=True)
@@ -65,6 +65,8 @@ class _ShardedLookup(torch.autograd.Function):
         recv_ids = torch.empty(sum(recv_splits), dtype=id_dtype, device=ids.device)
         dist.all_to_all_single(recv_ids, uniq.to(id_dtype), recv_splits, send_splits, group=group)
         local_rows = recv_ids.long() - sharding.bounds()[0]
+        if touched is not None:     # usage monitoring: the owner sees every rank's requests for its rows
+            touched[local_rows] = True
 
         rows = shard.detach()[local_rows].to(out_dtype)    # owners cast: the vectors travel in compute dtype
         vecs = torch.empty(uniq.numel(), dim, dtype=out_dtype, device=shard.device)
@@ -90,15 +92,15 @@ class _ShardedLookup(torch.autograd.Function):
         if sparse_grad:     # only the received rows (duplicates from several ranks are summed on coalesce);
             # local_rows lie in [0, shard rows) by construction, so the O(nnz) invariant check is skipped
             return (torch.sparse_coo_tensor(local_rows.unsqueeze(0), grad_rows, shard_shape, check_invariants=False),
-                    None, None, None, None, None, None)
+                    None, None, None, None, None, None, None)
         grad_shard = torch.zeros(shard_shape, dtype=grad_dtype, device=grad_out.device)
         grad_shard.index_add_(0, local_rows, grad_rows)
-        return grad_shard, None, None, None, None, None, None
+        return grad_shard, None, None, None, None, None, None, None
 
 
 def sharded_lookup(shard: torch.Tensor, ids: torch.Tensor, sharding: RowSharding, group: dist.ProcessGroup,
                    grad_scale: float = 1.0, sparse_grad: bool = False,
-                   out_dtype: torch.dtype | None = None) -> torch.Tensor:
+                   out_dtype: torch.dtype | None = None, touched: torch.Tensor | None = None) -> torch.Tensor:
     """Rows `ids` (global row numbers, any shape) of the table whose local block is `shard` ->
     [*ids.shape, dim]. Collective: every rank of `group` must call it, in the same order.
 
@@ -108,8 +110,9 @@ def sharded_lookup(shard: torch.Tensor, ids: torch.Tensor, sharding: RowSharding
     shard's gradient as a sparse COO tensor over the received rows (see OverEncoding.sparse_grad).
     out_dtype (default: the shard's) is the dtype the vectors are returned in: under bf16 autocast the owners
     cast their rows to bf16 before the return all-to-all (half the bytes; the projection that consumes them
-    would round them to bf16 anyway), while the row gradients are summed and sent in the shard's dtype."""
+    would round them to bf16 anyway), while the row gradients are summed and sent in the shard's dtype.
+    `touched` (bool, one per row of `shard`), when given, gets True at every local row some rank asked for."""
     if ids.dtype != torch.long:
         raise TypeError(f"sharded_lookup: ids must be int64, got {ids.dtype}")
     return _ShardedLookup.apply(shard, ids, sharding, group, grad_scale, sparse_grad,
-                                shard.dtype if out_dtype is None else out_dtype)
+                                shard.dtype if out_dtype is None else out_dtype, touched)

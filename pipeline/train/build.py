@@ -18,11 +18,14 @@ from pipeline.train.deepspeed_config import build_deepspeed_config
 from pipeline.train.distributed import DistInfo, init_distributed, populate_env
 from pipeline.train.layout_free import LayoutFreeState
 from pipeline.train.lr_schedule import WarmupDecaySchedule
+from pipeline.train.oe_health import OEHealthCallback
 from pipeline.train.parallel_run import ParallelRun, check_run_layout
 from pipeline.train.param_groups import build_param_groups
 from pipeline.train.resume import precheck_resume, resume_trainer, start_over
 from pipeline.train.rng_state import seed_everything
 from pipeline.train.run_lock import RunLock
+from pipeline.train.run_summary import write_run_summary
+from pipeline.train.tensorboard_layout import custom_scalars_layout
 from pipeline.train.trainer import Trainer
 
 
@@ -57,9 +60,11 @@ def build_engine(model: torch.nn.Module, cfg: RunConfig, world_size: int, device
     return engine
 
 
-def build_trainer(cfg: RunConfig, dist_info: DistInfo | None = None, model_factory=None) -> Trainer:
+def build_trainer(cfg: RunConfig, dist_info: DistInfo | None = None, model_factory=None,
+                  config_path: str | None = None) -> Trainer:
     """`model_factory(model_cfg) -> nn.Module` defaults to pipeline.model.build_model on the meta device with
-    seed train.seed (the initial values depend on that seed only, not on the layout)."""
+    seed train.seed (the initial values depend on that seed only, not on the layout). `config_path`: the run
+    config file, named in the start-of-run summary (run_dir/summary.txt)."""
     if dist_info is None:
         # The layout, the run_dir lock and the resume rules are checked on every rank before any process-group
         # work, so a bad `parallel:` section, a second job in run_dir or a resume that would change the model
@@ -72,14 +77,14 @@ def build_trainer(cfg: RunConfig, dist_info: DistInfo | None = None, model_facto
     lock = RunLock(cfg.run_dir, rank, cfg.train.lock_stale_s)
     lock.acquire()   # before anything in run_dir is read, written or deleted
     try:
-        return _build(cfg, dist_info, model_factory, rank, world, lock)
+        return _build(cfg, dist_info, model_factory, rank, world, lock, config_path)
     except BaseException:
         lock.release()
         raise
 
 
 def _build(cfg: RunConfig, dist_info: DistInfo | None, model_factory, rank: int, world: int,
-           lock: RunLock) -> Trainer:
+           lock: RunLock, config_path: str | None = None) -> Trainer:
     precheck_resume(cfg, world)
     if cfg.train.resume == "restart" and rank == 0:
         start_over(cfg)
@@ -109,18 +114,25 @@ def _build(cfg: RunConfig, dist_info: DistInfo | None, model_factory, rank: int,
         print(f"resumed from {ckpt} at step {trainer.step} ({time.perf_counter() - t0:.1f} s)", flush=True)
     if dist_info.rank == 0:
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+        oe_rows = next((p.end - p.start for p in (parallel.external.params if parallel.external else [])
+                        if p.kind == "oe_table"), None)
+        write_run_summary(cfg, world, config_path, f"resumed from {ckpt}" if ckpt is not None else "fresh start",
+                          oe_rows)
     return trainer
 
 
 def build_callbacks(cfg: RunConfig, dist_info: DistInfo, parallel: ParallelRun, val_data, lock: RunLock) -> list:
-    """The run's callbacks; the Trainer orders them by priority (speed, validation, zero-shot eval, the last
-    save's cost, metrics, checkpoint, and last the run_dir lock's release)."""
+    """The run's callbacks; the Trainer orders them by priority (speed, OE health, validation, zero-shot eval,
+    the last save's cost, metrics, checkpoint, and last the run_dir lock's release)."""
     saver = CheckpointCallback(cfg.checkpoint.every, cfg.checkpoint.save_at_end)
     callbacks = [SpeedCallback(cfg.train.global_batch_size * cfg.data.seq_len, _flops_per_token(cfg),
                                cfg.log.peak_flops_per_device, dist_info.world_size),
                  ValidationCallback(val_data, cfg.eval.every, cfg.eval.at_end),
-                 MetricsCallback(cfg.run_dir, cfg.log.tensorboard, cfg.log.histogram_every, dist_info.rank),
+                 MetricsCallback(cfg.run_dir, cfg.log.tensorboard, cfg.log.histogram_every, dist_info.rank,
+                                 n_layers=cfg.model.n_layers, layout=custom_scalars_layout(cfg)),
                  saver, CheckpointCostMetrics(saver), RunLockCallback(lock)]
+    if cfg.log.oe_health and cfg.model.over_encoding.enabled:
+        callbacks.append(OEHealthCallback())
     if cfg.eval.downstream_every:
         callbacks.append(_downstream_callback(cfg, dist_info.rank, parallel))
     return callbacks

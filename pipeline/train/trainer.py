@@ -171,6 +171,9 @@ class Trainer:
                     self.external.before_engine_step()  # collective: expert-dp reduction, external norm
                 if collect and self._own_grad_norm:
                     own_norm = self._grad_norm()
+                if collect:
+                    for cb in self.callbacks:
+                        cb.on_gradients(self)
             engine.step()
             if boundary and self.external is not None:
                 self.external.after_engine_step(self.step, skipped)

@@ -32,14 +32,17 @@ RENDEZVOUS = {"static": lambda: [],
 
 
 def tensorboard_losses(run_dir: Path, purge: bool = True) -> dict[int, list[float]]:
-    """Every `loss` scalar in the run's event files: as TensorBoard shows them (purge=True: the events a
-    restart's purge_step discards are gone), or every one written (purge=False)."""
+    """Every `loss` scalar (TensorBoard tag loss/total) in the run's event files: as TensorBoard shows them
+    (purge=True: the events a restart's purge_step discards are gone), or every one written (purge=False)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0}, purge_orphaned_data=purge)
+    from pipeline.train.metrics_writer import tensorboard_run_dir
+
+    acc = EventAccumulator(str(tensorboard_run_dir(run_dir)), size_guidance={"scalars": 0},
+                           purge_orphaned_data=purge)
     acc.Reload()
     out: dict[int, list[float]] = {}
-    for event in acc.Scalars("loss"):
+    for event in acc.Scalars("loss/total"):
         out.setdefault(event.step, []).append(event.value)
     return out
 

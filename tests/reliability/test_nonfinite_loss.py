@@ -19,7 +19,9 @@ def digests(path, rank=0) -> dict[int, str]:
 def tensorboard_scalars(run_dir, tag: str) -> dict[int, float]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    from pipeline.train.metrics_writer import tensorboard_run_dir
+
+    acc = EventAccumulator(str(tensorboard_run_dir(run_dir)))
     acc.Reload()
     return {e.step: e.value for e in acc.Scalars(tag)}
 
@@ -37,7 +39,7 @@ def test_nan_loss_step_is_skipped_and_counted(shards, straight_run, tmp_path):
     assert metrics[3]["loss"] == "nan" and metrics[2]["skipped_steps"] == 0
     assert all(metrics[s]["skipped_steps"] == 1 for s in range(3, 9))
     assert all(math.isfinite(metrics[s]["loss"]) for s in range(4, 9))
-    assert tensorboard_scalars(run_dir, "skipped_steps")[3] == 1.0
+    assert tensorboard_scalars(run_dir, "opt/skipped_steps")[3] == 1.0
     # The schedule keeps its place: the lr of every step is the one of the undisturbed run.
     assert {s: r["lr"] for s, r in metrics.items()} == {r["step"]: r["lr"] for r in read_metrics(straight_run)}
 

@@ -4,6 +4,9 @@ Hooks, in the order the Trainer calls them:
     on_train_start(trainer)              once, after a resume has restored the trainer's state
     needs_metrics(trainer) -> bool       before each step: whether this step's metrics must be collected
     pre_step(trainer)                    before each optimizer step (trainer.step is already the new step)
+    on_gradients(trainer)                steps whose metrics are collected, every rank, at the accumulation
+                                         boundary: the step's gradients are complete (the external ones
+                                         reduced) and not yet clipped or applied; collectives are allowed
     on_step_end(trainer, result)         after each optimizer step
     on_train_end(trainer)                once, after the last step (not after an error)
     on_error(trainer, error)             when the loop raises; must not run collectives (a peer may be gone)
@@ -29,6 +32,7 @@ class Callback:
         return False
 
     def pre_step(self, trainer: "Trainer") -> None: ...
+    def on_gradients(self, trainer: "Trainer") -> None: ...
     def on_step_end(self, trainer: "Trainer", result: "StepResult") -> None: ...
     def on_train_end(self, trainer: "Trainer") -> None: ...
     def on_error(self, trainer: "Trainer", error: BaseException) -> None: ...

@@ -14,6 +14,7 @@ import torch
 
 from pipeline.train.callbacks.callback import Callback
 from pipeline.train.metrics_writer import MetricsWriter
+from pipeline.train.tensorboard_tags import TagMap
 
 if TYPE_CHECKING:
     from pipeline.train.trainer import StepResult, Trainer
@@ -56,9 +57,13 @@ def console_line(step: int, total: int, m: dict) -> str:
 class MetricsCallback(Callback):
     priority = -50
 
-    def __init__(self, run_dir: str, tensorboard: bool, histogram_every: int, rank: int, out=sys.stdout):
+    def __init__(self, run_dir: str, tensorboard: bool, histogram_every: int, rank: int, out=sys.stdout,
+                 n_layers: int | None = None, layout: dict | None = None):
+        """`n_layers`: the model's trunk depth (TensorBoard labels the MTP modules' router rows as such);
+        `layout`: the custom-scalars layout (pipeline/train/tensorboard_layout.py) written at start."""
         self.run_dir, self.tensorboard, self.histogram_every = run_dir, tensorboard, histogram_every
         self.rank, self.out = rank, out
+        self.tag, self.layout = TagMap(n_layers), layout
         self.writer: MetricsWriter | None = None
         self.process = psutil.Process()
 
@@ -66,7 +71,8 @@ class MetricsCallback(Callback):
         if self.rank == 0:
             # On a resume, records after the restored step (left by the killed run) are dropped.
             self.writer = MetricsWriter(self.run_dir, self.tensorboard,
-                                        resume_step=trainer.step if trainer.resumed else None)
+                                        resume_step=trainer.step if trainer.resumed else None,
+                                        tag=self.tag, layout=self.layout)
 
     def on_step_end(self, trainer: "Trainer", result: "StepResult") -> None:
         if result.metrics is None or self.writer is None:

@@ -52,9 +52,11 @@ def test_in_loop_downstream_matches_offline_eval(shards, tmp_path):
     assert "downstream/piqa" not in records.get(1, {})
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    acc = EventAccumulator(str(run / "tensorboard"))
+
+    from pipeline.train.metrics_writer import tensorboard_run_dir
+    acc = EventAccumulator(str(tensorboard_run_dir(run)))
     acc.Reload()
-    assert [e.step for e in acc.Scalars("downstream/piqa")] == [2, 4]
+    assert [e.step for e in acc.Scalars("eval/downstream/piqa")] == [2, 4]
 
     out = tmp_path / "eval.json"
     subprocess.run([sys.executable, "launch/eval.py", "--checkpoint", str(run), "--tasks", "arc_easy,piqa",
