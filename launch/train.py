@@ -51,7 +51,9 @@ def final_summary(run_dir: Path) -> str:
                 last_val = record
     result = (f"final validation loss {last_val['val_loss']:.4f} (perplexity {last_val['val_ppl']:.2f}) at step "
               f"{last_val['step']}" if last_val else "no validation result (the data has no val split?)")
-    return f"{result}\nrun: {run_dir}\nwatch: tensorboard --logdir {run_dir / 'tensorboard'}"
+    # #custom_scalars: the page with the run's layout (loss, MTP, lr, throughput, MoE, OE health) first
+    return (f"{result}\nrun: {run_dir}\nwatch: tensorboard --logdir {run_dir / 'tensorboard'}  "
+            f"(then http://localhost:6006/#custom_scalars)")
 
 
 def main(argv: list[str] | None = None) -> int:

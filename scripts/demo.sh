@@ -14,4 +14,4 @@ echo "== [2/2] training the demo model (configs/run/demo.yaml) into $RUN"
 .venv/bin/python launch/train.py --config configs/run/demo.yaml data.path=data/demo/shards run_dir="$RUN" \
   train.resume=auto
 echo
-echo "Watch it:   .venv/bin/tensorboard --logdir $RUN/tensorboard"
+echo "Watch it:   .venv/bin/tensorboard --logdir $RUN/tensorboard   then open http://localhost:6006/#custom_scalars"
