@@ -68,7 +68,8 @@ class DataConfig:
 
     def validate(self) -> None:
         check(bool(self.path) != bool(self.sources), "path",
-              "give either data.path (one folder) or data.sources (a weighted mixture)" if not self.path else
+              "is required (the data_prep output folder with manifest.json), or give data.sources (a weighted "
+              "mixture)" if not self.path else
               "data.path and data.sources are both given: use one (data.sources: [{name, path, weight}])")
         check(self.seq_len >= 2, "seq_len", f"must be >= 2, got {self.seq_len}")
         for i, source in enumerate(self.sources):
