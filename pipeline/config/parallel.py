@@ -22,6 +22,9 @@ class ParallelConfig:
     # "adamw": AdamW on the local shard, every row every step (paper-faithful);
     # "row_sparse_adam": lazy Adam that updates only the rows looked up in the step
     table_optimizer: Literal["adamw", "row_sparse_adam"] = "adamw"
+    # run the sharded OE lookup of the next micro-batch of a step while the current one computes
+    # (pipeline/parallel/oe_prefetch.py); the same vectors, one more process group and a worker thread
+    oe_prefetch: bool = False
 
     def validate(self) -> None:
         check(self.tp >= 1, "tp", f"must be >= 1 (got {self.tp})")

@@ -15,6 +15,8 @@ so no rank ever holds a full OE table or all experts, and both routes start iden
 """
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -28,13 +30,15 @@ from pipeline.parallel.expert_parallel import ExpertParallelMoE
 from pipeline.parallel.precision import matmul_dtype
 from pipeline.parallel.process_groups import ParallelGroups
 from pipeline.parallel.shard_info import mark_sharded, shard_info
+from pipeline.parallel.oe_prefetch import LookupPrefetcher
 from pipeline.parallel.sharded_embedding import RowSharding, sharded_lookup
 
 
 class ShardedOverEncoding(OverEncoding):
     """OverEncoding whose stacked table holds only this rank's contiguous block of rows (paper §3.3)."""
 
-    def __init__(self, dense: OverEncoding, group: dist.ProcessGroup):
+    def __init__(self, dense: OverEncoding, group: dist.ProcessGroup,
+                 prefetch_group: dist.ProcessGroup | None = None):
         with torch.device("meta"):   # build the module skeleton without allocating a full table
             super().__init__(dense.cfg, dense.proj.out_features, dense.vocab_size)
         self.proj, self.output_norm = dense.proj, dense.output_norm
@@ -46,14 +50,32 @@ class ShardedOverEncoding(OverEncoding):
         self.table = nn.Parameter(dense.table.detach()[start:end].clone())
         self.table._oe_table = True
         mark_sharded(self.table, 0, start, end, self.sharding.global_rows)
+        # parallel.oe_prefetch: the next micro-batch's lookup runs while this one computes (oe_prefetch.py)
+        self.prefetcher = LookupPrefetcher(self, prefetch_group) if prefetch_group is not None else None
+        self.lookup_s = 0.0
+
+    def out_dtype(self) -> torch.dtype:
+        return matmul_dtype(self.table)
+
+    def global_rows(self, input_ids: torch.Tensor, doc_starts: torch.Tensor | None) -> torch.Tensor:
+        """The stacked-table rows the forward of this micro-batch looks up, [B, S, T] (what `lookup` gets)."""
+        return (self.table_ids(input_ids, doc_starts) + self.row_offsets.view(-1, 1, 1)).permute(1, 2, 0)
 
     def lookup(self, global_rows: torch.Tensor) -> torch.Tensor:
+        t0 = time.perf_counter()
+        fetched = self.prefetcher.take(global_rows) if self.prefetcher is not None else None
+        out = self._lookup(global_rows, fetched)
+        if self.training:
+            self.lookup_s += time.perf_counter() - t0   # bench/oe_prefetch.py: forward lookup time per step
+        return out
+
+    def _lookup(self, global_rows: torch.Tensor, fetched) -> torch.Tensor:
         # every rank in the group holds a per-rank mean loss of its own (or a tp copy's) data; the owner
         # sums their row gradients, so scale by the group size to get the data-parallel mean
         return sharded_lookup(self.table, global_rows, self.sharding, self.group,
                               grad_scale=1.0 / self.sharding.world, sparse_grad=self.sparse_grad,
-                              out_dtype=matmul_dtype(self.table),
-                              touched=self.touched_rows if self.training else None)
+                              out_dtype=self.out_dtype(), touched=self.touched_rows if self.training else None,
+                              fetched=fetched)
 
 
 def _swap(model: nn.Module, kind: type, make) -> int:
@@ -69,7 +91,7 @@ def _swap(model: nn.Module, kind: type, make) -> int:
 def parallelize(model: nn.Module, groups: ParallelGroups) -> nn.Module:
     """Swap in the parallel modules for `groups.layout`, in place; returns the model."""
     if getattr(model, "over_encoding", None) is not None:
-        model.over_encoding = ShardedOverEncoding(model.over_encoding, groups.oe_group)
+        model.over_encoding = ShardedOverEncoding(model.over_encoding, groups.oe_group, groups.oe_prefetch_group)
     if groups.ep > 1:
         _swap(model, MoE, lambda m: ExpertParallelMoE(m, groups.ep_group))
     if groups.tp > 1:

@@ -34,6 +34,7 @@ class ParallelGroups:
     ep_group: dist.ProcessGroup          # token dispatch to experts
     edp_group: dist.ProcessGroup         # ranks holding the same experts (expert gradient averaging)
     oe_group: dist.ProcessGroup          # OE table rows are split over these ranks
+    oe_prefetch_group: dist.ProcessGroup | None = None   # same ranks as oe_group; parallel.oe_prefetch only
 
     @property
     def oe_size(self) -> int:
@@ -98,13 +99,23 @@ def init_process_groups(layout: ParallelConfig, cfg: ModelConfig | None = None,
                                  expert_tensor_parallel_size=1, create_gloo_process_groups=False, **timeout_kw)
     dp_group = ps.get_data_parallel_group()
     oe_group = dp_group if layout.oe_shard_group == "dp" else dist.group.WORLD
-    return ParallelGroups(
+    return ParallelGroups(oe_prefetch_group=_twin_group(oe_group) if layout.oe_prefetch else None,
         layout=layout, world=world, rank=rank, tp=layout.tp, dp=world // layout.tp, ep=layout.ep,
         tp_rank=ps.get_tensor_model_parallel_rank(), dp_rank=ps.get_data_parallel_rank(),
         ep_rank=ps.get_expert_model_parallel_rank(),
         tp_group=ps.get_tensor_model_parallel_group(), dp_group=dp_group,
         ep_group=ps.get_expert_model_parallel_group(), edp_group=ps.get_expert_data_parallel_group(),
         oe_group=oe_group)
+
+
+def _twin_group(group: dist.ProcessGroup) -> dist.ProcessGroup:
+    """A second group with the ranks of `group` (every rank's twin is created, in one order, by every rank:
+    new_group is collective over the whole world even for groups a rank is not in)."""
+    mine = dist.get_process_group_ranks(group)
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    twin, _ = dist.new_subgroups_by_enumeration(sorted({tuple(r) for r in everyone}))
+    return twin
 
 
 def destroy_process_groups() -> None:

@@ -45,36 +45,54 @@ class RowSharding:
         return end - start
 
 
+@dataclass
+class Fetched:
+    """The forward exchange of one lookup: the unique rows' vectors and what the backward needs."""
+    vecs: torch.Tensor         # [n_unique, dim] in out_dtype
+    inverse: torch.Tensor      # position -> unique row
+    local_rows: torch.Tensor   # rows of this shard that other ranks (and this one) asked for
+    send_splits: list[int]
+    recv_splits: list[int]
+
+
+def exchange(shard: torch.Tensor, ids: torch.Tensor, sharding: RowSharding, group: dist.ProcessGroup,
+             out_dtype: torch.dtype, touched: torch.Tensor | None) -> Fetched:
+    """Steps 1-4 of the module docstring for `ids` (collective over `group`). Reads the shard, never writes it:
+    the lookup of a later micro-batch of the same optimizer step may run it early (oe_prefetch.py)."""
+    world = sharding.world
+    uniq, inverse = torch.unique(ids.reshape(-1), sorted=True, return_inverse=True)
+    owner = torch.div(uniq, sharding.rows_per_rank, rounding_mode="floor")
+    send_counts = torch.bincount(owner, minlength=world)
+    # split sizes: every rank needs the column of counts addressed to it (W*W integers in total)
+    all_counts = torch.empty(world * world, dtype=send_counts.dtype, device=send_counts.device)
+    dist.all_gather_into_tensor(all_counts, send_counts, group=group)
+    recv_counts = all_counts.view(world, world)[:, sharding.rank]
+    send_splits, recv_splits = send_counts.tolist(), recv_counts.tolist()
+
+    id_dtype = torch.int32 if sharding.global_rows < 2**31 else torch.int64
+    recv_ids = torch.empty(sum(recv_splits), dtype=id_dtype, device=ids.device)
+    dist.all_to_all_single(recv_ids, uniq.to(id_dtype), recv_splits, send_splits, group=group)
+    local_rows = recv_ids.long() - sharding.bounds()[0]
+    if touched is not None:     # usage monitoring: the owner sees every rank's requests for its rows
+        touched[local_rows] = True
+
+    rows = shard.detach()[local_rows].to(out_dtype)    # owners cast: the vectors travel in compute dtype
+    vecs = torch.empty(uniq.numel(), shard.shape[1], dtype=out_dtype, device=shard.device)
+    dist.all_to_all_single(vecs, rows, send_splits, recv_splits, group=group)
+    return Fetched(vecs, inverse, local_rows, send_splits, recv_splits)
+
+
 class _ShardedLookup(torch.autograd.Function):
     @staticmethod
     def forward(ctx, shard: torch.Tensor, ids: torch.Tensor, sharding: RowSharding,
                 group: dist.ProcessGroup, grad_scale: float, sparse_grad: bool,
-                out_dtype: torch.dtype, touched: torch.Tensor | None) -> torch.Tensor:
-        world, dim = sharding.world, shard.shape[1]
-        flat = ids.reshape(-1)
-        uniq, inverse = torch.unique(flat, sorted=True, return_inverse=True)
-        owner = torch.div(uniq, sharding.rows_per_rank, rounding_mode="floor")
-        send_counts = torch.bincount(owner, minlength=world)
-        # split sizes: every rank needs the column of counts addressed to it (W*W integers in total)
-        all_counts = torch.empty(world * world, dtype=send_counts.dtype, device=send_counts.device)
-        dist.all_gather_into_tensor(all_counts, send_counts, group=group)
-        recv_counts = all_counts.view(world, world)[:, sharding.rank]
-        send_splits, recv_splits = send_counts.tolist(), recv_counts.tolist()
-
-        id_dtype = torch.int32 if sharding.global_rows < 2**31 else torch.int64
-        recv_ids = torch.empty(sum(recv_splits), dtype=id_dtype, device=ids.device)
-        dist.all_to_all_single(recv_ids, uniq.to(id_dtype), recv_splits, send_splits, group=group)
-        local_rows = recv_ids.long() - sharding.bounds()[0]
-        if touched is not None:     # usage monitoring: the owner sees every rank's requests for its rows
-            touched[local_rows] = True
-
-        rows = shard.detach()[local_rows].to(out_dtype)    # owners cast: the vectors travel in compute dtype
-        vecs = torch.empty(uniq.numel(), dim, dtype=out_dtype, device=shard.device)
-        dist.all_to_all_single(vecs, rows, send_splits, recv_splits, group=group)
-
-        ctx.save_for_backward(inverse, local_rows)
-        ctx.meta = (send_splits, recv_splits, uniq.numel(), shard.shape, shard.dtype, group, grad_scale, sparse_grad)
-        return vecs[inverse].view(*ids.shape, dim)
+                out_dtype: torch.dtype, touched: torch.Tensor | None, fetched: Fetched | None) -> torch.Tensor:
+        if fetched is None:
+            fetched = exchange(shard, ids, sharding, group, out_dtype, touched)
+        ctx.save_for_backward(fetched.inverse, fetched.local_rows)
+        ctx.meta = (fetched.send_splits, fetched.recv_splits, fetched.vecs.shape[0], shard.shape, shard.dtype, group,
+                    grad_scale, sparse_grad)
+        return fetched.vecs[fetched.inverse].view(*ids.shape, shard.shape[1])
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
@@ -92,15 +110,16 @@ class _ShardedLookup(torch.autograd.Function):
         if sparse_grad:     # only the received rows (duplicates from several ranks are summed on coalesce);
             # local_rows lie in [0, shard rows) by construction, so the O(nnz) invariant check is skipped
             return (torch.sparse_coo_tensor(local_rows.unsqueeze(0), grad_rows, shard_shape, check_invariants=False),
-                    None, None, None, None, None, None, None)
+                    None, None, None, None, None, None, None, None)
         grad_shard = torch.zeros(shard_shape, dtype=grad_dtype, device=grad_out.device)
         grad_shard.index_add_(0, local_rows, grad_rows)
-        return grad_shard, None, None, None, None, None, None, None
+        return grad_shard, None, None, None, None, None, None, None, None
 
 
 def sharded_lookup(shard: torch.Tensor, ids: torch.Tensor, sharding: RowSharding, group: dist.ProcessGroup,
                    grad_scale: float = 1.0, sparse_grad: bool = False,
-                   out_dtype: torch.dtype | None = None, touched: torch.Tensor | None = None) -> torch.Tensor:
+                   out_dtype: torch.dtype | None = None, touched: torch.Tensor | None = None,
+                   fetched: Fetched | None = None) -> torch.Tensor:
     """Rows `ids` (global row numbers, any shape) of the table whose local block is `shard` ->
     [*ids.shape, dim]. Collective: every rank of `group` must call it, in the same order.
 
@@ -111,8 +130,10 @@ def sharded_lookup(shard: torch.Tensor, ids: torch.Tensor, sharding: RowSharding
     out_dtype (default: the shard's) is the dtype the vectors are returned in: under bf16 autocast the owners
     cast their rows to bf16 before the return all-to-all (half the bytes; the projection that consumes them
     would round them to bf16 anyway), while the row gradients are summed and sent in the shard's dtype.
-    `touched` (bool, one per row of `shard`), when given, gets True at every local row some rank asked for."""
+    `touched` (bool, one per row of `shard`), when given, gets True at every local row some rank asked for.
+    `fetched`: the forward exchange of exactly these ids, done earlier (oe_prefetch.py); the backward always
+    runs on `group`."""
     if ids.dtype != torch.long:
         raise TypeError(f"sharded_lookup: ids must be int64, got {ids.dtype}")
     return _ShardedLookup.apply(shard, ids, sharding, group, grad_scale, sparse_grad,
-                                shard.dtype if out_dtype is None else out_dtype, touched)
+                                shard.dtype if out_dtype is None else out_dtype, touched, fetched)

@@ -160,7 +160,11 @@ class Trainer:
         own_norm = None
         skipped = False
         self.bad_steps.start_step()
-        for batch in self.train_data.next_step():
+        batches = self.train_data.next_step()
+        prefetcher = getattr(getattr(engine.module, "over_encoding", None), "prefetcher", None)
+        if prefetcher is not None:
+            prefetcher.plan(batches)   # the OE lookups of this step's micro-batches, each during the one before
+        for batch in batches:
             out = engine(**to_tensors(batch, self.dist.device))
             engine.backward(out.loss)
             self.bad_steps.observe(out.loss)
