@@ -1,9 +1,9 @@
-"""Load a model for inference on one process from either a consolidated export folder (model.safetensors +
-config.yaml, see consolidate.py) or directly from a training checkpoint (run / checkpoints / step_N folder,
-consolidated in memory). Nothing is unpickled: safetensors, YAML, and DeepSpeed's own checkpoint reader."""
+"""Load a model for inference on one process from a consolidated export folder (model.safetensors +
+config.yaml, see consolidate.py), a HF export folder (config.json + model.safetensors, see hf_read.py) or
+directly from a training checkpoint (run / checkpoints / step_N folder, consolidated in memory). Nothing is
+unpickled: safetensors, YAML, and DeepSpeed's own checkpoint reader."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -11,9 +11,10 @@ import torch
 from pipeline.config.base import ConfigError
 from pipeline.config.model import ModelConfig, load_model_config
 from pipeline.export.checkpoint_reader import CheckpointError
-from pipeline.export.consolidate import EXPORT_INFO_FILE, MODEL_CONFIG_FILE, WEIGHTS_FILE, check_state_dict, consolidate
-from pipeline.export.recorded_paths import resolve_checkpoint_meta, resolve_export_meta
-from pipeline.train.checkpoint_manifest import CheckpointDamaged, verify_checkpoint
+from pipeline.export.consolidate import MODEL_CONFIG_FILE, WEIGHTS_FILE, check_state_dict, consolidate
+from pipeline.export.export_folder import export_meta, read_weights, verify_export
+from pipeline.export.hf_read import is_hf_export, load_hf_state
+from pipeline.export.recorded_paths import resolve_checkpoint_meta
 
 
 def is_export_folder(path: str | Path) -> bool:
@@ -24,28 +25,17 @@ def is_export_folder(path: str | Path) -> bool:
 def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig, dict]:
     """(state dict, model config, provenance) from an export folder or a checkpoint."""
     p = Path(path)
+    if is_hf_export(p):
+        return load_hf_state(p)
     if is_export_folder(p):
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:   # every file of the export against the checksums written with it
-            verify_checkpoint(p)
-        except CheckpointDamaged as e:
-            raise CheckpointError(f"{e} (re-export the checkpoint)") from None
+        verify_export(p)       # every file of the export against the checksums written with it
         try:
             cfg = load_model_config(p / MODEL_CONFIG_FILE)
         except ConfigError as e:
             raise CheckpointError(f"{p / MODEL_CONFIG_FILE}: {e}") from None
-        try:
-            state = load_file(str(p / WEIGHTS_FILE), device="cpu")
-        except (SafetensorError, OSError) as e:
-            raise CheckpointError(f"{p / WEIGHTS_FILE}: cannot read ({e})") from None
+        state = read_weights(p / WEIGHTS_FILE)
         check_state_dict(state, cfg, p / WEIGHTS_FILE)
-        meta = {}
-        if (p / EXPORT_INFO_FILE).is_file():
-            meta = json.loads((p / EXPORT_INFO_FILE).read_text())
-        meta = resolve_export_meta(meta, p, EXPORT_INFO_FILE)
-        return state, cfg, {**meta, "source": str(p.resolve()), "loaded_from": "export"}
+        return state, cfg, export_meta(p, "export")
     state, cfg, meta = consolidate(p)
     # relative data / tokenizer paths resolve against the run, not this process's cwd (recorded_paths.py)
     return state, cfg, resolve_checkpoint_meta(meta, Path(meta["source"]))

@@ -1,4 +1,5 @@
-"""HF export: transformers' OlmoeForCausalLM loading our export gives our logits (OLMoE conventions match)."""
+"""HF export, native layout: transformers' own OlmoeForCausalLM loading our export gives our logits (OLMoE
+conventions match); the remote-code layout for the other models is tested in test_hf_export.py."""
 from __future__ import annotations
 
 import json
@@ -6,23 +7,10 @@ import json
 import pytest
 import torch
 
-from pipeline.config.model import load_model_config
 from pipeline.export.hf_olmoe import ExportError, save_hf_olmoe
-from pipeline.model import build_model
-from tests.helpers.multirank import REPO
+from tests.pipeline.export.hf_helpers import perturbed_model as _model
 
 transformers = pytest.importorskip("transformers")
-
-
-def _model(config: str, *overrides: str):
-    torch.manual_seed(0)
-    cfg = load_model_config(REPO / "configs" / "model" / config, ["init_std=0.2", *overrides])
-    model = build_model(cfg).eval()
-    with torch.no_grad():   # norms away from 1, so a misplaced / missing norm weight would show
-        for p in model.parameters():
-            if p.ndim == 1:
-                p.add_(torch.randn_like(p) * 0.3)
-    return model
 
 
 @pytest.mark.parametrize("config, overrides", [
