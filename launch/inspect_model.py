@@ -3,6 +3,7 @@
     python launch/inspect_model.py --config configs/model/olmoe-7b-oe12.8m.yaml [--json] [--layout dp=32,ep=8]
         [--param-dtype bf16|fp32|bf16-master-weights] [--zero 0-3] [--seq-len 4096] [-o key=value ...]
     python launch/inspect_model.py --run-config configs/run/olmoe-7b-oe12.8m-ep8.yaml --world 8 [--json]
+        [--cluster inter_bw=25e9,mfu=0.35] [--ranks 0,5,255] [--dry-run]
 
 Builds the model on the meta device (no memory), checks the analytic counts of pipeline.model.flops
 against the real parameter tensors, and prints parameters, forward FLOPs per token and, with --layout or
@@ -11,6 +12,10 @@ precision rule per parameter kind, activations excluded). --config accepts a mod
 `model:` section only; -o overrides model keys). --run-config reads the whole run: tp / ep, ZeRO stage,
 precision, table optimizer and batch from the config, dp = --world / tp (or --layout), checked with the
 trainer's own layout checks; -o then overrides run keys (model.n_layers=13, deepspeed.zero_stage=3).
+With a layout it also prints the bytes of every collective per optimizer step and the predicted step time on
+a stated cluster (launch/inspect_comm.py, pipeline/model/comm_model.py, step_time.py); --dry-run builds the
+trainer's real groups and shards for every chosen rank under a fake process group on meta tensors and checks
+them against the printed placement (pipeline/train/dry_run.py; exit 1 when they differ).
 """
 from __future__ import annotations
 
@@ -18,26 +23,30 @@ import argparse
 import json
 import sys
 
+from launch.inspect_comm import add_arguments, add_scale, parse_ranks, print_dry_run, print_scale
 from pipeline.config.base import ConfigError
 from pipeline.config.model import load_model_config
+from pipeline.model import build_model
 from pipeline.model.inspect_report import inspect_config, meta_counts
 from pipeline.model.memory import PRECISION_RULES, TERM_NAMES, Layout
 
 __all__ = ["inspect_config", "inspect_run_config", "main", "meta_counts"]
 
 
-def inspect_run_config(path: str, overrides: list[str], world: int | None, layout: Layout | None,
-                       param_dtype: str | None = None, zero_stage: int | None = None) -> dict:
-    """The run's layout (tp, ep from `parallel:`, dp = world / tp), precision, ZeRO stage and batch."""
+def load_inspected_run(path: str, overrides: list[str]):
+    """The run config as the inspector reads it: data.path may be missing (inspect reads no data)."""
     from pipeline.config.run import load_run_config
-    from pipeline.train.run_summary import inspect_run
 
     try:
-        cfg = load_run_config(path, overrides)
+        return load_run_config(path, overrides)
     except ConfigError as e:
         if not str(e).startswith("data.path"):
             raise
-        cfg = load_run_config(path, [*overrides, "data.path=(not read by inspect)"])  # inspect reads no data
+        return load_run_config(path, [*overrides, "data.path=(not read by inspect)"])
+
+
+def run_world(cfg, world: int | None, layout: Layout | None) -> int:
+    """--world, or dp x tp of --layout (whose tp / ep must be the run config's)."""
     par = cfg.parallel
     if layout is not None:
         if (layout.tp, layout.ep) != (par.tp, par.ep):
@@ -48,7 +57,16 @@ def inspect_run_config(path: str, overrides: list[str], world: int | None, layou
             raise ConfigError(f"--world {world} disagrees with --layout dp x tp = {layout.dp * layout.tp}")
     if world is None:
         raise ConfigError("--run-config needs --world N (the number of GPUs) or --layout dp=...")
-    return inspect_run(cfg, world, str(path), param_dtype, zero_stage)
+    return world
+
+
+def inspect_run_config(path: str, overrides: list[str], world: int | None, layout: Layout | None,
+                       param_dtype: str | None = None, zero_stage: int | None = None) -> dict:
+    """The run's layout (tp, ep from `parallel:`, dp = world / tp), precision, ZeRO stage and batch."""
+    from pipeline.train.run_summary import inspect_run
+
+    cfg = load_inspected_run(path, overrides)
+    return inspect_run(cfg, run_world(cfg, world, layout), str(path), param_dtype, zero_stage)
 
 
 def _human(n: float) -> str:
@@ -119,16 +137,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--table-optimizer", default="adamw", choices=["adamw", "row_sparse_adam"],
                     help="with --config: OE table optimizer (dense or sparse table gradient)")
     ap.add_argument("--seq-len", type=int, default=None, help="for attention FLOPs (default max_seq_len)")
+    add_arguments(ap)
     args = ap.parse_args(argv)
+    dry = None
     try:
         layout = Layout.parse(args.layout) if args.layout else None
+        if args.dry_run and not args.run_config:
+            raise ConfigError("--dry-run needs --run-config (it builds the trainer's ParallelRun from a run config)")
         if args.run_config:
-            report = inspect_run_config(args.run_config, args.override, args.world, layout, args.param_dtype,
-                                        args.zero)
+            report, cfg, zero_config = _run_report(args, layout)
+            model_cfg = cfg.model
+            layout = Layout(report["layout"]["dp"], report["layout"]["tp"], report["layout"]["ep"])
         else:
-            cfg = load_model_config(args.config, args.override)
-            report = inspect_config(cfg, layout, args.param_dtype or "bf16", 1 if args.zero is None else args.zero,
-                                    args.seq_len, args.table_optimizer)
+            model_cfg = load_model_config(args.config, args.override)
+            zero = 1 if args.zero is None else args.zero
+            report = inspect_config(model_cfg, layout, args.param_dtype or "bf16", zero, args.seq_len,
+                                    args.table_optimizer)
+            zero_config = None
+        if layout is not None:
+            add_scale(report, model_cfg, layout, build_model(model_cfg, device="meta", seed=0), args, zero_config)
+        if args.dry_run:
+            from pipeline.train.dry_run import dry_run
+            dry = report["dry_run"] = dry_run(cfg, report["run"]["world"], parse_ranks(args.ranks))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -136,7 +166,23 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report))
     else:
         print_report(report)
-    return 0
+        if "scale" in report:
+            print_scale(report)
+        if dry is not None:
+            print_dry_run(dry)
+    return 1 if dry is not None and dry["mismatches"] else 0
+
+
+def _run_report(args, layout: Layout | None):
+    """(report, run config, the DeepSpeed JSON's zero_optimization section as training merges it)."""
+    from pipeline.train.deepspeed_config import build_deepspeed_config
+    from pipeline.train.run_summary import inspect_run
+
+    cfg = load_inspected_run(args.run_config, args.override)
+    world = run_world(cfg, args.world, layout)
+    report = inspect_run(cfg, world, str(args.run_config), args.param_dtype, args.zero)
+    zero_config = build_deepspeed_config(cfg, world // cfg.parallel.tp)["zero_optimization"]
+    return report, cfg, zero_config
 
 
 if __name__ == "__main__":
