@@ -3,7 +3,9 @@
 --checkpoint: an export folder (launch/export.py) or a run / checkpoints / step_N folder.
 Decoding uses a KV cache and the Over-Encoding n-gram id cache (one OE lookup per table per new token);
 --no-cache recomputes the whole prefix every step (reference path, slow). Greedy by default
-(--temperature 0); --temperature T with optional --top-k K and --top-p P samples. MTP heads are not used.
+(--temperature 0); --temperature T with optional --top-k K and --top-p P samples. --speculative mtp drafts
+with the model's MTP-DS modules and verifies with the trunk (pipeline/generate/speculative.py): the same
+greedy tokens, the same sampling distribution, fewer trunk passes.
 The tokenizer is the one recorded in the training data manifest, or --tokenizer (.model / .json).
 """
 from __future__ import annotations
@@ -28,6 +30,8 @@ def check_args(args) -> None:
         raise ValueError(f"--top-p: must be in (0, 1], got {args.top_p}")
     if args.temperature == 0 and (args.top_k or args.top_p < 1):
         raise ValueError("--top-k / --top-p apply only when sampling: add --temperature T > 0 (0 is greedy)")
+    if args.speculative and args.no_cache:
+        raise ValueError("--speculative mtp verifies drafts against the KV cache: drop --no-cache")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-cache", action="store_true")
+    p.add_argument("--speculative", choices=["mtp"], help="draft with the MTP modules, verify with the trunk")
     p.add_argument("--json", action="store_true", help="print one JSON object per prompt")
     args = p.parse_args(argv)
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -53,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.data.tokenizer import load_tokenizer
     from pipeline.generate.generator import generate
     from pipeline.generate.sampling import SamplingConfig
+    from pipeline.generate.speculative import generate_speculative
 
     prompts = list(args.prompt)
     try:
@@ -65,11 +71,18 @@ def main(argv: list[str] | None = None) -> int:
         sampling = SamplingConfig(args.temperature, args.top_k, args.top_p)
         sampling.validate()
         model, cfg, meta = load_model(args.checkpoint)
+        if args.speculative and not model.mtp:
+            raise ValueError(f"--speculative mtp: the model has no MTP modules to draft with (over_decoding.mode "
+                             f"{cfg.over_decoding.mode!r}, needs 'mtp')")
         tok = load_tokenizer(args.tokenizer, meta.get("tokenizer"), cfg.vocab_size)
         ids = [toks or [tok.eos_id] for toks in tok.encode_batch(prompts)]
         t0 = time.perf_counter()
-        result = generate(model, ids, args.max_new_tokens, sampling, eos_id=tok.eos_id, seed=args.seed,
-                          use_cache=not args.no_cache)
+        if args.speculative:
+            result = generate_speculative(model, ids, args.max_new_tokens, sampling, eos_id=tok.eos_id,
+                                          seed=args.seed)
+        else:
+            result = generate(model, ids, args.max_new_tokens, sampling, eos_id=tok.eos_id, seed=args.seed,
+                              use_cache=not args.no_cache)
         elapsed = time.perf_counter() - t0
     except (CheckpointError, DataPrepError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -81,8 +94,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"{prompt}{text}\n---")
     n = sum(len(t) for t in result.tokens)
-    print(f"{n} tokens in {elapsed:.2f} s ({n / max(elapsed, 1e-9):.1f} tok/s, "
-          f"{'no cache' if args.no_cache else 'KV + n-gram cache'})", file=sys.stderr)
+    mode = "no cache" if args.no_cache else "KV + n-gram cache"
+    if args.speculative:
+        mode += (f", MTP speculative: {result.accepted}/{result.drafted} drafts accepted "
+                 f"({result.acceptance_rate:.1%}), {result.verify_passes} verify passes")
+    print(f"{n} tokens in {elapsed:.2f} s ({n / max(elapsed, 1e-9):.1f} tok/s, {mode})", file=sys.stderr)
     return 0
 
 

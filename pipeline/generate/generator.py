@@ -6,7 +6,8 @@ Over-Encoding lookup per table from the n-gram id cache (pipeline/model/kv_cache
 (`use_cache=False`): every step recomputes the full logits of each row's whole sequence; it is the reference
 the cached path is tested against and costs O(length^2).
 
-Only the main next-token head decodes; MTP / product heads are training signals here (not used to draft).
+Only the main next-token head decodes here; MTP modules draft in speculative.py (`--speculative mtp`),
+product heads are training signals only.
 Token ids >= model.cfg.vocab_size (embedding padding) are never sampled.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ class GenerationResult:
     finished: list[bool]             # True when the row stopped at EOS
 
 
-def _check_prompts(prompts: list[list[int]], vocab_size: int, max_len: int) -> None:
+def check_prompts(prompts: list[list[int]], vocab_size: int, max_len: int) -> None:
     for i, p in enumerate(prompts):
         if not p:
             raise ValueError(f"prompt {i} is empty (start it with at least one token, e.g. EOS as BOS)")
@@ -40,7 +41,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, sampling: Sam
              eos_id: int | None = None, seed: int = 0, use_cache: bool = True) -> GenerationResult:
     sampling.validate()
     cfg = model.cfg
-    _check_prompts(prompts, cfg.vocab_size, cfg.max_seq_len)
+    check_prompts(prompts, cfg.vocab_size, cfg.max_seq_len)
     model.eval()
     device = model.lm_head.weight.device
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -70,15 +71,21 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, sampling: Sam
     return GenerationResult(out, done)
 
 
-def _cached_steps(model, prompts: list[list[int]], steps: int, device: torch.device):
-    """Coroutine: yields next-token logits [B, V]; receives the tokens chosen for each row."""
+def left_pad(prompts: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts left-padded with id 0 to a common length (see kv_cache.py) [B, W], and the real-token mask."""
     width = max(len(p) for p in prompts)
     ids = torch.zeros(len(prompts), width, dtype=torch.long, device=device)
     valid = torch.zeros_like(ids, dtype=torch.bool)
-    for i, p in enumerate(prompts):                       # left padding with id 0 (see kv_cache.py)
+    for i, p in enumerate(prompts):
         ids[i, width - len(p):] = torch.tensor(p, device=device)
         valid[i, width - len(p):] = True
-    cache = model.new_decode_cache(len(prompts), width + steps)
+    return ids, valid
+
+
+def _cached_steps(model, prompts: list[list[int]], steps: int, device: torch.device):
+    """Coroutine: yields next-token logits [B, V]; receives the tokens chosen for each row."""
+    ids, valid = left_pad(prompts, device)
+    cache = model.new_decode_cache(len(prompts), ids.shape[1] + steps)
     logits = model.decode(ids, cache, valid)[:, -1]
     while True:
         tokens = yield logits

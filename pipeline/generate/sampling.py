@@ -36,10 +36,20 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
     return logits
 
 
-def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None = None) -> torch.Tensor:
-    """logits [B, V] -> token ids [B]."""
+def next_token_probs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
+    """logits [..., V] -> the distribution sampling draws from [..., V] (fp32): temperature, top-k, top-p, then
+    softmax; greedy (temperature 0) is the one-hot of the argmax. Speculative decoding warps the target and
+    the draft logits with this same function, so it samples exactly what `sample_next` samples."""
     logits = logits.float()
     if cfg.temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p)
-    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+        return torch.nn.functional.one_hot(logits.argmax(dim=-1), logits.shape[-1]).float()
+    shape = logits.shape
+    logits = filter_logits(logits.reshape(-1, shape[-1]) / cfg.temperature, cfg.top_k, cfg.top_p)
+    return logits.softmax(dim=-1).view(shape)
+
+
+def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """logits [B, V] -> token ids [B]."""
+    if cfg.temperature == 0:
+        return logits.float().argmax(dim=-1)
+    return torch.multinomial(next_token_probs(logits, cfg), 1, generator=generator).squeeze(-1)

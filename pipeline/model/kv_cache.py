@@ -2,10 +2,13 @@
 Over-Encoding (the last n-1 token ids of every row), so a decoded token costs one attention step against the
 cache and one OE lookup per table instead of a recomputation of the prefix.
 
-Rows may hold prompts of different lengths, left-padded: `valid` marks real (non-pad) positions; padded
-keys are never attended by real queries. Pad tokens must be id 0, which is also what Over-Encoding uses for
-"before the sequence start", so left padding does not change any n-gram id (and RoPE is relative, so it does
-not change attention scores either).
+The cache is a sequence of slots, filled in order for all rows at once; `valid` marks the slots that hold a
+row's real tokens. A slot is not real when it is left padding (rows hold prompts of different lengths), the
+padding of a chunk in which a row has fewer new tokens, or a token that speculative decoding dropped
+(`drop_last`: a rejected draft). Keys of such slots are never attended by real queries, and a token's RoPE
+position is the number of real slots before it in its row (`positions`), so neither padding nor dropped
+slots change any attention score. Left-pad tokens must be id 0, which is also what Over-Encoding uses for
+"before the sequence start", so left padding does not change any n-gram id.
 """
 from __future__ import annotations
 
@@ -48,21 +51,35 @@ class DecodeCache:
         self.length = 0
         self.layers = [LayerKVCache(self) for _ in range(n_layers)]
         self.valid = torch.zeros(batch, capacity, dtype=torch.bool, device=device)
-        self.has_padding = False
+        self.count = torch.zeros(batch, dtype=torch.long, device=device)     # real slots per row
+        self.positions: torch.Tensor | None = None                           # [B, s] of the current chunk
+        self.has_padding = False                                             # some slot is not real
+        self._mask: torch.Tensor | None = None                               # of the current chunk
         # Over-Encoding: last n-1 token ids per row, most recent last; zeros = "before the start".
         self.ngram_history = (torch.zeros(batch, ngram_context, dtype=torch.long, device=device)
                               if ngram_context > 0 else None)
 
     def set_valid(self, valid: torch.Tensor) -> None:
-        """Mark which of the next s = valid.shape[1] positions are real tokens (False = left padding)."""
+        """Mark which of the next s = valid.shape[1] slots hold real tokens (False = padding), and set their
+        RoPE `positions`: the real slots before each one in its row."""
         s = valid.shape[1]
         self.valid[:, self.length:self.length + s] = valid
         self.has_padding = self.has_padding or not bool(valid.all())
+        real = valid.long()
+        self._mask = None
+        self.positions = self.count[:, None] + real.cumsum(dim=1) - real
+        self.count += real.sum(dim=1)
 
     def attention_mask(self, s: int) -> torch.Tensor | None:
-        start, end = self.length, self.length + s
+        """The chunk's mask (see LayerKVCache.attention_mask), built once for all layers."""
         if s == 1 and not self.has_padding:
             return None
+        if self._mask is None:
+            self._mask = self._build_mask(s)
+        return self._mask
+
+    def _build_mask(self, s: int) -> torch.Tensor:
+        start, end = self.length, self.length + s
         device = self.valid.device
         q_pos = torch.arange(start, end, device=device)
         k_pos = torch.arange(end, device=device)
@@ -75,3 +92,21 @@ class DecodeCache:
 
     def advance(self, s: int) -> None:
         self.length += s
+
+    def drop_last(self, n: torch.Tensor, ngram_history: torch.Tensor | None = None) -> None:
+        """Speculative decoding's rollback: the last n[b] real slots of row b stop being real (their keys stay,
+        never attended again; later tokens get their RoPE positions). `ngram_history` [B, n-1] replaces the
+        n-gram id cache: the last n-1 ids each row keeps (the cache holds only the latest ids, so the caller,
+        who has the tokens, supplies them)."""
+        if bool(n.any()):
+            if bool((self.count < n).any()):
+                raise ValueError(f"drop_last({n.tolist()}): rows hold only {self.count.tolist()} real slots")
+            valid = self.valid[:, :self.length]
+            real_from_here = valid.flip(1).long().cumsum(dim=1).flip(1)     # real slots at or after each slot
+            self.valid[:, :self.length] = valid & (real_from_here > n[:, None])
+            self.count -= n
+            self.has_padding = True
+        if self.ngram_history is not None:
+            if ngram_history is None or ngram_history.shape != self.ngram_history.shape:
+                raise ValueError("drop_last on an Over-Encoding cache needs the last n-1 ids of every row")
+            self.ngram_history = ngram_history.to(self.ngram_history)

@@ -142,18 +142,39 @@ class OLMoE(nn.Module):
         """Incremental trunk pass over the s new tokens [B, s] (a prompt, then one token at a time): next-token
         logits [B, s, padded_V]. Rows are single documents; `valid` [B, s] marks real tokens when prompts are
         left-padded with id 0 (pads never reach a real token: see kv_cache.py). MTP modules are not run."""
-        b, s = input_ids.shape
+        return self.lm_head(self.norm(self.decode_hidden(input_ids, cache, valid)))
+
+    def decode_hidden(self, input_ids: torch.Tensor, cache: DecodeCache, valid: torch.Tensor | None = None
+                      ) -> torch.Tensor:
+        """`decode` without the final norm and head: the trunk output h^0 [B, s, D] that MTP modules read
+        (speculative decoding drafts from it, pipeline/generate/speculative.py)."""
+        s = input_ids.shape[1]
         cache.set_valid(valid if valid is not None else torch.ones_like(input_ids, dtype=torch.bool))
         emb = self.embed(input_ids)
         if self.over_encoding is not None:
             emb, cache.ngram_history = self.over_encoding.forward_incremental(emb, input_ids, cache.ngram_history)
-        cos, sin = self.rope(cache.length + s, emb.device, emb.dtype)
-        rope = (cos[cache.length:], sin[cache.length:])
         h = emb
+        rope = self.cache_rope(cache, emb)
         for layer, layer_cache in zip(self.layers, cache.layers):
             h, _ = layer(h, rope, None, layer_cache)
         cache.advance(s)
-        return self.lm_head(self.norm(h))
+        return h
+
+    def cache_rope(self, cache: DecodeCache, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos / sin [B, 1, s, head_dim] at the per-row positions of the chunk just marked in `cache` (one
+        table of the cache's capacity, so it is computed once per generation)."""
+        cos, sin = self.rope(cache.capacity, x.device, x.dtype)
+        return cos[cache.positions].unsqueeze(1), sin[cache.positions].unsqueeze(1)
+
+    def decode_mtp(self, depth: int, h_prev: torch.Tensor, emb_next: torch.Tensor, cache: DecodeCache,
+                   valid: torch.Tensor) -> torch.Tensor:
+        """Incremental MTP depth `depth` (1-based) over s positions: h^{depth-1} [B, s, D] and the input
+        embedding of the tokens `depth` positions ahead [B, s, D] -> h^depth [B, s, D] (pre-norm), with the
+        depth's own one-layer KV cache (speculative drafting, pipeline/generate/speculative.py)."""
+        cache.set_valid(valid)
+        h, _ = self.mtp[depth - 1](h_prev, emb_next, self.cache_rope(cache, h_prev), None, cache.layers[0])
+        cache.advance(h_prev.shape[1])
+        return h
 
     def head_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean CE of the output head on normed hidden states. A head swapped in by a parallelize step may

@@ -57,10 +57,11 @@ class MTPModule(nn.Module):
         self.proj = nn.Linear(2 * cfg.d_model, cfg.d_model, bias=False)
         self.block = Block(cfg)
 
-    def forward(self, h_prev: torch.Tensor, emb_next: torch.Tensor, rope, attn_mask
+    def forward(self, h_prev: torch.Tensor, emb_next: torch.Tensor, rope, attn_mask, kv_cache=None
                 ) -> tuple[torch.Tensor, RouterStats | None]:
+        """kv_cache (a kv_cache.LayerKVCache): incremental drafting, as in Attention.forward."""
         x = self.proj(torch.cat([self.hidden_norm(h_prev), self.embed_norm(emb_next)], dim=-1))
-        return self.block(x, rope, attn_mask)
+        return self.block(x, rope, attn_mask, kv_cache)
 
 
 class ProductHead(nn.Module):
