@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
           f"temperature {args.temperature}, {args.threads} thread(s); load {load0:.1f} -> {load_average():.1f}")
     print(f"acceptance {accepted}/{drafted} = {accepted / max(1, drafted):.1%} (batch 1); "
           f"{tokens['speculative_b1'] / max(1, passes + len(PROMPTS)):.2f} tokens per trunk pass; "
-          f"greedy tokens identical to plain: {identical}")
+          f"greedy tokens identical to plain: {identical if args.temperature == 0 else 'n/a (sampling)'}")
     record = {"checkpoint": args.checkpoint, "acceptance_rate": accepted / max(1, drafted), "drafted": drafted,
               "accepted": accepted, "verify_passes": passes, "identical": identical,
               "temperature": args.temperature, "max_new_tokens": n, "prompts": len(PROMPTS)}
