@@ -6,7 +6,6 @@ run's own config (same sources, seed, seq_len and train.max_steps, hence the sam
 """
 from __future__ import annotations
 
-import os
 
 
 def run_build_index(config: str, overrides: list[str], out=print) -> None:
@@ -19,7 +18,8 @@ def run_build_index(config: str, overrides: list[str], out=print) -> None:
     if cfg.data.index != "cache":
         raise DataPrepError(f"{config}: data.index={cfg.data.index!r}: this run keeps its index in memory, "
                             f"there is no cache to build")
-    os.environ["LOCAL_RANK"] = "0"   # this process is the builder
+    # This process builds: the loader's builder is local rank 0, which an unset LOCAL_RANK means. The
+    # environment is left alone (a LOCAL_RANK set here would leak into every process started after it).
     try:
         train, _, _ = build_loaders(cfg.data, cfg.model.vocab_size, cfg.train.seed, cfg.train.global_batch_size,
                                     cfg.train.micro_batch_size, cfg.eval.batches, 0, 1,
