@@ -10,7 +10,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -19,13 +18,12 @@ from pipeline.model.attention import document_attention_mask
 from pipeline.model.block import Block
 from pipeline.model.init import InitSpec, Shard, draw_seed, init_module, materialize
 from pipeline.model.kv_cache import DecodeCache
+from pipeline.model.linear_cross_entropy import IGNORE, OutputHead, cross_entropy
 from pipeline.model.moe import RouterStats
 from pipeline.model.norms import RMSNorm
 from pipeline.model.over_decoding import MTPModule, ProductHead, shift_labels, shift_left
 from pipeline.model.over_encoding import OverEncoding
 from pipeline.model.rope import RotaryEmbedding
-
-IGNORE = -100
 
 
 @dataclass
@@ -44,13 +42,6 @@ def labels_from_inputs(input_ids: torch.Tensor, doc_starts: torch.Tensor | None 
     return labels
 
 
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean CE over targets != -100 (fp32); 0 (still in the graph) when nothing is valid."""
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))       # at least fp32
-    total = F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=IGNORE, reduction="sum")
-    return total / (targets != IGNORE).sum().clamp(min=1)
-
-
 class OLMoE(nn.Module):
     def __init__(self, cfg: ModelConfig, init_seed: int | None = None):
         """Built on the meta device, then materialised on the current default device (`with torch.device(d)`)
@@ -66,7 +57,7 @@ class OLMoE(nn.Module):
             self.over_encoding = OverEncoding(oe, cfg.d_model, cfg.vocab_size, cfg.norm_eps) if oe.enabled else None
             self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
             self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-            self.lm_head = nn.Linear(cfg.d_model, cfg.padded_vocab_size, bias=False)
+            self.lm_head = OutputHead(cfg.d_model, cfg.padded_vocab_size, bias=False)   # nn.Linear + chunked loss
             od = cfg.over_decoding
             self.mtp = nn.ModuleList(MTPModule(cfg) for _ in range(od.depth)) if od.mode == "mtp" else None
             self.od_heads = (nn.ModuleList(ProductHead(cfg.d_model, od.head_dim, cfg.padded_vocab_size)
