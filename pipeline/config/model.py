@@ -142,6 +142,9 @@ class ModelConfig:
     # Recompute each trunk block in the backward instead of keeping its activations (training only):
     # saves activation memory for ~1/3 more block compute; see docs/performance.md.
     activation_checkpointing: bool = False
+    # torch.compile every transformer block in the prepare step (pipeline/parallel/compile.py): same
+    # numerics to rounding, faster steps after a one-off compile; see docs/performance.md.
+    compile: bool = False
     over_encoding: OverEncodingConfig = field(default_factory=OverEncodingConfig)
     over_decoding: OverDecodingConfig = field(default_factory=OverDecodingConfig)
 

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.model import grouped_mm as compiled_grouped_mm
+
 
 @dataclass
 class RouterStats:
@@ -63,8 +65,10 @@ class GroupedExperts(nn.Module):
         group offsets stay on the device: no host sync. Identical results to the loop (same GEMMs, fp32)."""
         offs = counts.cumsum(0).to(torch.int32)
         w_gate, w_up, w_down = (w.to(dtype).transpose(1, 2) for w in (self.w_gate, self.w_up, self.w_down))
-        h = F.silu(F.grouped_mm(x, w_gate, offs=offs)) * F.grouped_mm(x, w_up, offs=offs)
-        return F.grouped_mm(h, w_down, offs=offs)
+        # traced (torch.compile): the same kernels behind a custom op, see pipeline/model/grouped_mm.py
+        mm = compiled_grouped_mm.grouped_mm if torch.compiler.is_compiling() else _eager_grouped_mm
+        h = F.silu(mm(x, w_gate, offs)) * mm(x, w_up, offs)
+        return mm(h, w_down, offs)
 
     def _forward_loop(self, x_sorted: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """Fallback (fp64, odd widths, GPUs without grouped GEMM): one GEMM chain per expert."""
@@ -80,6 +84,10 @@ class GroupedExperts(nn.Module):
         return torch.cat(outs, dim=0)
 
 
+def _eager_grouped_mm(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    return F.grouped_mm(x, w, offs=offs)
+
+
 def _grouped_mm_dtype(x: torch.Tensor, w: torch.Tensor) -> torch.dtype | None:
     """The dtype to run F.grouped_mm in, or None where it cannot run: it needs fp32/bf16/fp16 operands of one
     dtype (under autocast: the autocast dtype), rows of a multiple of 16 bytes, and on GPUs bf16 on sm90+."""
@@ -90,7 +98,7 @@ def _grouped_mm_dtype(x: torch.Tensor, w: torch.Tensor) -> torch.dtype | None:
     if dtype not in (torch.float32, torch.bfloat16, torch.float16) or (w.dtype != dtype and
                                                                        not torch.is_autocast_enabled(device)):
         return None
-    itemsize = torch.tensor([], dtype=dtype).element_size()
+    itemsize = dtype.itemsize
     if (w.shape[1] * itemsize) % 16 or (w.shape[2] * itemsize) % 16:
         return None
     if device == "cuda":
@@ -120,7 +128,9 @@ class MoE(nn.Module):
         flat_experts = experts.reshape(-1)                       # [T*k], slot-major per token
         order = flat_experts.argsort(stable=True)
         token_idx = order // self.top_k
-        counts = torch.bincount(flat_experts, minlength=self.n_experts)
+        # = bincount(minlength=E), but of a fixed [E] shape (bincount's is data-dependent: a graph break)
+        counts = torch.zeros(self.n_experts, dtype=torch.long, device=x.device).index_add_(
+            0, flat_experts, torch.ones_like(flat_experts))
         y = self.experts(x[token_idx], counts)
         # the k expert outputs of a token are combined in the input's dtype (fp32 under autocast)
         y = y.to(x.dtype) * gates.reshape(-1)[order].unsqueeze(-1).to(x.dtype)

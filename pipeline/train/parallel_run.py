@@ -38,6 +38,10 @@ def check_run_layout(cfg: RunConfig, world: int) -> None:
     from pipeline.parallel.process_groups import check_layout
 
     layout = cfg.parallel
+    if cfg.model.compile and cfg.deepspeed.zero_stage == 3:
+        # ZeRO-3 gathers each module's parameters in hooks around its forward; inside a compiled block they
+        # would have to be traced too (unsupported here), so compiled blocks need the parameters resident.
+        raise ConfigError("model.compile: true is not supported with deepspeed.zero_stage=3; use zero_stage 0-2")
     if world % (layout.tp * layout.ep):
         raise ConfigError(f"parallel: world size {world} is not divisible by tp x ep = {layout.tp} x {layout.ep}")
     check_layout(layout, world, cfg.model)
@@ -138,6 +142,9 @@ class ParallelRun:
         for ep in params:
             ep.param.data = ep.param.data.to(device)
         self.external = ExternalParams(params, self.cfg, self.groups, self.dist) if params else None
+        if self.cfg.model.compile:       # last: the blocks compiled are the swapped-in, materialised ones
+            from pipeline.parallel.compile import compile_blocks
+            compile_blocks(model)
         return model
 
     def _mark_tensor_parallel(self, model: nn.Module) -> None:

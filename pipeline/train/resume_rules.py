@@ -29,6 +29,7 @@ from pipeline.config.base import ConfigError
 # Keys (fnmatch patterns over dotted names) that may change on resume.
 MAY_CHANGE = (
     "run_dir", "model.name", "model.note", "model.activation_checkpointing",
+    "model.compile",   # how the blocks run, not what they compute
     "data.path", "data.val_split", "data.verify", "data.tokenizer_sha256", "data.index", "data.index_cache",
     "data.sources",   # a new mixture applies from the resumed sample on (pipeline/data/mixture.py)
     "train.max_steps", "train.global_batch_size", "train.micro_batch_size", "train.resume",
