@@ -86,6 +86,10 @@ class OverDecodingConfig:
     head_dim: int = 0               # product: optional Linear(D -> head_dim) before Linear(. -> V); 0 = none
     weight: float = 0.1             # lambda: loss = main + lambda * mean over extra terms
     weights: list[float] | None = None  # per-term lambda_j instead: loss = main + sum_j lambda_j L_j
+    # mtp: the norm before the shared head. "shared" (default, what checkpoints so far hold): every depth
+    # reuses the trunk's final norm. "per_module": DeepSeek-V3 (arXiv 2412.19437 §2.2) gives each MTP module
+    # its own output RMSNorm (parameter mtp.{d}.output_norm.weight) before the shared head.
+    output_norm: Literal["shared", "per_module"] = "shared"
 
     @property
     def num_terms(self) -> int:
@@ -98,10 +102,13 @@ class OverDecodingConfig:
     def validate(self) -> None:
         if self.mode == "none":
             # A depth / n / weights set without a mode would silently train no extra heads.
-            check(self.depth == 1 and self.n == 2 and self.weights is None, "mode",
-                  f"is none but over_decoding.depth={self.depth} / n={self.n} / weights={self.weights} are set "
-                  "(allowed: mode mtp or product with those keys, or leave them unset)")
+            check(self.depth == 1 and self.n == 2 and self.weights is None and self.output_norm == "shared",
+                  "mode", f"is none but over_decoding.depth={self.depth} / n={self.n} / weights={self.weights} / "
+                  f"output_norm={self.output_norm} are set (allowed: mode mtp or product with those keys, or "
+                  "leave them unset)")
             return
+        check(self.mode == "mtp" or self.output_norm == "shared", "output_norm",
+              f"{self.output_norm} needs mode mtp (product heads read the trunk's normed state), got mode {self.mode}")
         check(self.depth >= 1, "depth", f"must be >= 1 (got {self.depth})")
         check(self.n >= 2, "n", f"must be >= 2 (got {self.n})")
         check(self.head_dim >= 0, "head_dim", f"must be >= 0 (got {self.head_dim})")
@@ -133,6 +140,13 @@ class ModelConfig:
     dense_hidden: int = 0           # SwiGLU hidden of the dense MLP (mlp: dense)
     lb_coef: float = 0.01           # Switch load-balancing loss coefficient
     z_coef: float = 0.001           # router z-loss coefficient
+    # Which routers the lb / z means cover when MTP modules (each one MoE block) are present. "pooled"
+    # (default, the behaviour so far): one mean over the n_layers trunk routers and the D MTP routers, so the
+    # trunk's effective coefficient is lb_coef * L/(L+D). "trunk_only": the mean over the trunk routers only
+    # (exactly OLMoE's per-layer mean; the MTP routers get no balancing term). "separate": trunk mean plus a
+    # second mean over the MTP routers (losses lb_mtp / z_mtp), each with the full coefficient. DeepSeek-V3
+    # does not say (it balances by bias, not by loss). Needs over_decoding.mode mtp and mlp moe.
+    mtp_aux_loss: Literal["pooled", "trunk_only", "separate"] = "pooled"
     norm_eps: float = 1e-5
     rope_theta: float = 10_000.0
     qk_norm: bool = True            # RMSNorm over the full q and k before RoPE (OLMoE)
@@ -173,6 +187,9 @@ class ModelConfig:
             check(self.dense_hidden >= 1, "dense_hidden", f"must be >= 1 for mlp: dense (got {self.dense_hidden})")
         check(self.lb_coef >= 0, "lb_coef", f"must be >= 0 (got {self.lb_coef})")
         check(self.z_coef >= 0, "z_coef", f"must be >= 0 (got {self.z_coef})")
+        check(self.mtp_aux_loss == "pooled" or (self.is_moe and self.over_decoding.mode == "mtp"), "mtp_aux_loss",
+              f"{self.mtp_aux_loss} needs mlp moe and over_decoding.mode mtp (without MTP routers every choice is "
+              f"the trunk mean); got mlp {self.mlp}, over_decoding.mode {self.over_decoding.mode}")
         check(self.norm_eps > 0, "norm_eps", f"must be > 0 (got {self.norm_eps})")
         check(self.rope_theta > 0, "rope_theta", f"must be > 0 (got {self.rope_theta})")
         check(self.init_std > 0, "init_std", f"must be > 0 (got {self.init_std})")

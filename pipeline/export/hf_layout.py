@@ -62,8 +62,9 @@ def _one_to_one(cfg: ModelConfig) -> list[tuple[str, str]]:
         pairs += [(f"over_encoding.{n}", f"model.over_encoding.{n}") for n in names]
     od = cfg.over_decoding
     if od.mode == "mtp":
-        pairs += [(f"mtp.{d}.{n}", f"mtp.{d}.{n}") for d in range(od.depth)
-                  for n in ("hidden_norm.weight", "embed_norm.weight", "proj.weight")]
+        names = ["hidden_norm.weight", "embed_norm.weight", "proj.weight"]
+        names += ["output_norm.weight"] if od.output_norm == "per_module" else []   # DeepSeek-V3's own norm
+        pairs += [(f"mtp.{d}.{n}", f"mtp.{d}.{n}") for d in range(od.depth) for n in names]
     elif od.mode == "product":
         names = ["out.weight"] + (["down.weight"] if od.head_dim > 0 else [])
         pairs += [(f"od_heads.{j}.{n}", f"od_heads.{j}.{n}") for j in range(od.n - 1) for n in names]

@@ -91,6 +91,7 @@ def remote_config(cfg: ModelConfig, eos_id: int | None = None, pad_id: int | Non
         "oe_unigram": oe.unigram, "oe_output_scale": oe.output_scale, "oe_output_norm": oe.output_norm,
         "qk_norm": cfg.qk_norm,
         "mtp_depth": od.depth if od.mode == "mtp" else 0,
+        "mtp_output_norm": od.mode == "mtp" and od.output_norm == "per_module",
         "product_n": od.n if od.mode == "product" else 0,
         "product_head_dim": od.head_dim if od.mode == "product" else 0,
     })

@@ -4,7 +4,8 @@ the trunk verifies.
 DeepSeek-V3 (technical report, 2024, §2.2 and §5.4.3) notes that its MTP modules, trained only as a
 densified training signal, can draft for speculative decoding. An OT model has the same modules: MTP depth d
 at position i reads the trunk state h^{d-1}_i and the input embedding (the OE embedding, with its n-gram
-context) of x_{i+d}, and predicts x_{i+d+1} through the shared final norm and head (over_decoding.py).
+context) of x_{i+d}, and predicts x_{i+d+1} through its norm (OLMoE.mtp_norm) and the shared head
+(over_decoding.py).
 
 One step of a row, with the tokens x_0..x_T known (x_T, the "pending" token, already chosen but not yet fed
 to the trunk) and the trunk's KV cache holding positions 0..T-1:
@@ -139,9 +140,11 @@ class _Speculator:
             return emb
         return self.model.over_encoding.forward_incremental(emb, ids, history)[0]
 
-    def _probs(self, h: torch.Tensor) -> torch.Tensor:
-        """Pre-norm hidden states [..., D] -> warped next-token distributions [..., V] (padding ids cut)."""
-        logits = self.model.lm_head(self.model.norm(h))[..., : self.model.cfg.vocab_size]
+    def _probs(self, h: torch.Tensor, depth: int = 0) -> torch.Tensor:
+        """Pre-norm hidden states [..., D] of the trunk (depth 0) or MTP depth `depth` -> warped next-token
+        distributions [..., V] (padding ids cut); each depth through its own norm (OLMoE.mtp_norm)."""
+        norm = self.model.mtp_norm(depth) if depth else self.model.norm
+        logits = self.model.lm_head(norm(h))[..., : self.model.cfg.vocab_size]
         return next_token_probs(logits, self.sampling)
 
     def _store(self, level: int, h: torch.Tensor, pos: torch.Tensor, keep: torch.Tensor) -> None:
@@ -178,7 +181,7 @@ class _Speculator:
             cache.drop_last(torch.where(active, torch.minimum(t, torch.full_like(t, d - 1)), 0))
             if d < self.depth:
                 self._store(d, h, pos, valid)
-            q = self._probs(h[self.rows, (todo - 1).clamp(min=0)])          # at position T-1: [B, V]
+            q = self._probs(h[self.rows, (todo - 1).clamp(min=0)], d)          # at position T-1: [B, V]
             self.seq[self.rows, t + d] = draw(q, self.gen, self.greedy)
             qs.append(q)
         drafts = self.seq.gather(1, t[:, None] + 1 + torch.arange(n, device=self.device))

@@ -42,6 +42,18 @@ def labels_from_inputs(input_ids: torch.Tensor, doc_starts: torch.Tensor | None 
     return labels
 
 
+def aux_loss_groups(router: list, n_layers: int, mode: str) -> dict[str, list]:
+    """Router stats (trunk layers first, then the MTP modules) -> {loss-name suffix: the routers one lb / z
+    mean covers}, per model.mtp_aux_loss: pooled {"": all}, trunk_only {"": trunk}, separate {"": trunk,
+    "_mtp": MTP modules}. Without MTP routers every mode is {"": trunk}."""
+    trunk, mtp = router[:n_layers], router[n_layers:]
+    if mode == "pooled" or not mtp:
+        return {"": router}
+    if mode == "trunk_only":
+        return {"": trunk}
+    return {"": trunk, "_mtp": mtp}
+
+
 class OLMoE(nn.Module):
     def __init__(self, cfg: ModelConfig, init_seed: int | None = None):
         """Built on the meta device, then materialised on the current default device (`with torch.device(d)`)
@@ -167,6 +179,12 @@ class OLMoE(nn.Module):
         cache.advance(h_prev.shape[1])
         return h
 
+    def mtp_norm(self, depth: int) -> nn.Module:
+        """The norm before the shared head at MTP depth `depth` (1-based): the module's own output norm
+        (over_decoding.output_norm per_module, DeepSeek-V3) or the trunk's final norm (shared)."""
+        own = self.mtp[depth - 1].output_norm
+        return self.norm if own is None else own
+
     def head_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean CE of the output head on normed hidden states. A head swapped in by a parallelize step may
         bring its own `loss` (a vocab-parallel head never materialises full logits)."""
@@ -188,8 +206,8 @@ class OLMoE(nn.Module):
             for d, module in enumerate(self.mtp, start=1):
                 h_d, stats = module(h_d, shift_left(emb, d), rope, mask)
                 router.append(stats)
-                # depth d predicts x_{i+d+1} = labels[i+d] through the shared final norm and head
-                terms[f"mtp_{d}"] = self.head_loss(self.norm(h_d), shift_labels(labels, d))
+                # depth d predicts x_{i+d+1} = labels[i+d] through its norm (mtp_norm) and the shared head
+                terms[f"mtp_{d}"] = self.head_loss(self.mtp_norm(d)(h_d), shift_labels(labels, d))
         if self.od_heads is not None:
             for j, head in enumerate(self.od_heads, start=2):
                 terms[f"od_{j}"] = cross_entropy(head(hn), shift_labels(labels, j - 1))
@@ -200,9 +218,10 @@ class OLMoE(nn.Module):
             loss = loss + weight * terms[key]
         stats: dict[str, torch.Tensor] = {}
         if cfg.is_moe:
-            terms["lb"] = torch.stack([r.lb for r in router]).mean()
-            terms["z"] = torch.stack([r.z for r in router]).mean()
-            loss = loss + cfg.lb_coef * terms["lb"] + cfg.z_coef * terms["z"]
+            for suffix, group in aux_loss_groups(router, cfg.n_layers, cfg.mtp_aux_loss).items():
+                terms["lb" + suffix] = torch.stack([r.lb for r in group]).mean()
+                terms["z" + suffix] = torch.stack([r.z for r in group]).mean()
+                loss = loss + cfg.lb_coef * terms["lb" + suffix] + cfg.z_coef * terms["z" + suffix]
             stats["expert_counts"] = torch.stack([r.counts for r in router])
         else:
             terms["lb"] = terms["z"] = torch.zeros((), device=loss.device)

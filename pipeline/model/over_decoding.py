@@ -2,7 +2,8 @@
 
 MTP-DS (DeepSeek-V3 sequential MTP), module d = 1..D:
     h^d_i = Block_d( M_d [ RMSNorm(h^{d-1}_i) ; RMSNorm(emb(x_{i+d})) ] ),   h^0 = main trunk output
-then the SHARED final norm and SHARED output head predict x_{i+d+1}; emb is the model's input embedding
+then the SHARED final norm (or, with over_decoding.output_norm per_module, the module's own output norm, as
+DeepSeek-V3 has it) and the SHARED output head predict x_{i+d+1}; emb is the model's input embedding
 (the OE embedding when Over-Encoding is on, as in the paper's OT).
 Product form (Appendix C): heads j = 2..n on the final hidden state, Linear(D -> d) (optional) then
 Linear(-> V), predicting x_{i+j}.
@@ -56,6 +57,10 @@ class MTPModule(nn.Module):
         self.embed_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.proj = nn.Linear(2 * cfg.d_model, cfg.d_model, bias=False)
         self.block = Block(cfg)
+        # DeepSeek-V3's per-module norm before the shared head; absent by default (shared trunk norm), so
+        # checkpoints without mtp.{d}.output_norm.weight keep loading (OLMoE.mtp_norm picks the norm).
+        per_module = cfg.over_decoding.output_norm == "per_module"
+        self.output_norm = RMSNorm(cfg.d_model, cfg.norm_eps) if per_module else None
 
     def forward(self, h_prev: torch.Tensor, emb_next: torch.Tensor, rope, attn_mask, kv_cache=None
                 ) -> tuple[torch.Tensor, RouterStats | None]:

@@ -1,8 +1,10 @@
 """Optimizer parameter groups.
 
 - `decay`: weight matrices, weight decay `optim.weight_decay`.
-- `no_decay`: norms, biases, any other 1-D parameter, and (unless `optim.embedding_weight_decay`) the
-  input token embedding.
+- `no_decay`: norms, biases and any other 1-D parameter, unless `optim.decay_norm_and_bias` (OLMo's
+  option of that name; OLMoE-1B-7B sets it) puts them in `decay`.
+- `embedding`: the input token embedding, decayed with `optim.weight_decay` only with
+  `optim.embedding_weight_decay` (OLMo's `decay_embeddings`; OLMoE-1B-7B sets it).
 - `oe_tables`: Over-Encoding tables (`param._oe_table = True`): lr x `optim.oe_lr_multiplier`, weight decay
   `optim.oe_weight_decay`. The paper is silent; defaults (1x, 0.0) follow the public ports, see
   docs/training.md.
@@ -15,12 +17,15 @@ from torch import nn
 from pipeline.config.run import OptimConfig
 
 
-def classify_param(name: str, param) -> str:
+def classify_param(name: str, param, decay_norm_and_bias: bool = False) -> str:
+    # The OE tables are not "embeddings" for embedding_weight_decay: they are sparse (a row is touched only
+    # when its n-gram occurs), have their own optimizer (pipeline/parallel/table_optimizers.py) and their own
+    # decay, optim.oe_weight_decay; OLMo's decay_embeddings has no such tables to speak for.
     if getattr(param, "_oe_table", False):
         return "oe_tables"
     lowered = name.lower()
     if param.ndim < 2 or "norm" in lowered or lowered.endswith(".bias"):
-        return "no_decay"
+        return "decay" if decay_norm_and_bias else "no_decay"
     leaf = lowered.split(".")
     # The input token embedding (the model names it `embed`); the output head counts as a matrix.
     if any(part in ("embed", "embedding", "embeddings", "tok_embeddings", "wte") for part in leaf[:-1]):
@@ -32,7 +37,7 @@ def build_param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     buckets: dict[str, list] = {"decay": [], "no_decay": [], "embedding": [], "oe_tables": []}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            buckets[classify_param(name, p)].append(p)
+            buckets[classify_param(name, p, cfg.decay_norm_and_bias)].append(p)
     emb_wd = cfg.weight_decay if cfg.embedding_weight_decay else 0.0
     groups = [
         {"name": "decay", "params": buckets["decay"], "weight_decay": cfg.weight_decay, "lr": cfg.lr},

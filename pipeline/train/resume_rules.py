@@ -41,6 +41,10 @@ MAY_CHANGE = (
     "parallel.oe_prefetch",      # when the OE lookup's exchange runs, not what it returns
     "log.*", "checkpoint.*", "eval.*",
 )
+# Keys added after checkpoints were written, with the value that reproduces what a config without them did:
+# a saved config that lacks the key compares as that value (issue 19's recipe options).
+ADDED_KEY_DEFAULTS = {"model.mtp_aux_loss": "pooled", "model.over_decoding.output_norm": "shared",
+                      "optim.decay_norm_and_bias": False}
 # Keys checked by the layout rule below rather than by name.
 LAYOUT_KEYS = ("parallel.tp", "parallel.ep", "deepspeed.zero_stage")
 
@@ -71,7 +75,7 @@ def config_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
     for key in sorted(set(old) | set(new)):
         if key in LAYOUT_KEYS:
             continue
-        a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+        a, b = old.get(key, ADDED_KEY_DEFAULTS.get(key, "<absent>")), new.get(key, "<absent>")
         if a == b or (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and list(a) == list(b)):
             continue
         (applied if _may_change(key) else refused).append(f"{key} {_show(a)} -> {_show(b)}")

@@ -23,6 +23,8 @@ class OverTokenizedOlmoeConfig(OlmoeConfig):
         (E[x_i] + scale * norm?(proj(concat_t rows))) / (1 + #tables), or without E[x_i] / #tables.
     qk_norm: False replaces OLMoE's q/k RMSNorm by the identity.
     mtp_depth: number of sequential MTP-DS modules (module d predicts token i+d+1); not used by forward().
+    mtp_output_norm: each MTP module has its own RMSNorm (`mtp.{d}.output_norm`) before the shared head
+        (DeepSeek-V3); False: every depth reuses the trunk's final norm.
     product_n / product_head_dim: product-form heads j = 2..product_n predicting token i+j; not used by forward().
     """
 
@@ -39,6 +41,7 @@ class OverTokenizedOlmoeConfig(OlmoeConfig):
     oe_output_norm: bool = False
     qk_norm: bool = True
     mtp_depth: int = 0
+    mtp_output_norm: bool = False
     product_n: int = 0
     product_head_dim: int = 0
 

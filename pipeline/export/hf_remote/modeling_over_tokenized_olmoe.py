@@ -98,6 +98,8 @@ class MTPModule(nn.Module):
         self.block = OlmoeDecoderLayer(config, layer_idx)
         if not config.qk_norm:
             _drop_qk_norm(self.block)
+        # mtp_output_norm: the module's own norm before the shared head (DeepSeek-V3); else the trunk's
+        self.output_norm = OlmoeRMSNorm(config.hidden_size, config.rms_norm_eps) if config.mtp_output_norm else None
 
     def forward(self, hidden, next_embeds, position_embeddings, attention_mask) -> torch.Tensor:
         x = self.proj(torch.cat([self.hidden_norm(hidden), self.embed_norm(next_embeds)], dim=-1))
@@ -216,8 +218,8 @@ class OverTokenizedOlmoeForCausalLM(OverTokenizedOlmoePreTrainedModel, OlmoeForC
     def over_decoding_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
                              ) -> list[torch.Tensor]:
         """Logits [B, S, V] of each Over-Decoding head over whole rows (no cache): MTP depth d predicts token
-        i+d+1 (from the trunk's hidden state before the final norm, chained over depths, through the shared
-        final norm and head); product head j predicts token i+j from the normed final hidden state."""
+        i+d+1 (from the trunk's hidden state before the final norm, chained over depths, through the module's
+        output norm if it has one, else the shared final norm, and the shared head); product head j predicts token i+j from the normed final hidden state."""
         if self.mtp is None and self.od_heads is None:
             return []
         captured = []
@@ -237,7 +239,8 @@ class OverTokenizedOlmoeForCausalLM(OverTokenizedOlmoePreTrainedModel, OlmoeForC
         hidden, logits = captured[0], []
         for d, module in enumerate(self.mtp, start=1):
             hidden = module(hidden, _shift_left(embeds, d), position_embeddings, mask)
-            logits.append(self.lm_head(self.model.norm(hidden)))
+            norm = self.model.norm if module.output_norm is None else module.output_norm
+            logits.append(self.lm_head(norm(hidden)))
         return logits
 
 
