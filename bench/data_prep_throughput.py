@@ -70,10 +70,17 @@ def run_ours(inputs: Path, tok_path: str, out: Path, workers: int, doc_split: st
     cmd = [sys.executable, "-m", "data_prep", "shard", str(inputs), "-t", tok_path, "-o", str(out),
            "--doc-split", doc_split, "--workers", str(workers), "--no-progress", "--overwrite",
            "--shard-tokens", str(SHARD_TOKENS)]
+    return run_measured(cmd, "shard")
+
+
+def run_measured(cmd: list[str], what: str) -> tuple[float, float, int, int]:
+    """Run `cmd` from the repo root: wall seconds, CPU seconds (it and its children), peak RSS of its process
+    tree and of its top process (bytes, sampled every 20 ms)."""
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err = tempfile.TemporaryFile()       # a file, not a pipe: a chatty child (progress bars) never blocks on it
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err)
     ps = psutil.Process(proc.pid)
     peak_tree = peak_parent = 0
     while proc.poll() is None:
@@ -88,7 +95,9 @@ def run_ours(inputs: Path, tok_path: str, out: Path, workers: int, doc_split: st
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)   # includes the workers: the parent joins them
     cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
     if proc.returncode:
-        raise SystemExit(f"shard failed: {proc.stderr.read().decode()}")
+        err.seek(0)
+        raise SystemExit(f"{what} failed: {err.read().decode(errors='replace')[-3000:]}")
+    err.close()
     return wall, cpu, peak_tree, peak_parent
 
 
