@@ -39,6 +39,15 @@ def direction(delta: float, tol: float = 0.0) -> str:
     return "lower" if delta < -tol else "higher" if delta > tol else "no different"
 
 
+def paired_t(mean: float, std: float, n: int) -> str:
+    """Paired t-test of the seed-paired deltas against 0 (two-sided, n - 1 degrees of freedom)."""
+    from scipy import stats
+    if n < 2 or std <= 0:
+        return "t undefined"
+    t = mean / (std / n ** 0.5)
+    return f"paired t = {t:.2f}, p = {2 * stats.t.sf(abs(t), n - 1):.3f}, {n} seeds"
+
+
 def exp1(d: dict) -> str:
     rows = {r["variant"]: r for r in d["rows"]}
     oe, ot = rows["oe"], rows["ot"]
@@ -46,7 +55,8 @@ def exp1(d: dict) -> str:
     def paired(r):
         sig = r["paired_delta_std"] / max(1, r["seeds"]) ** 0.5          # standard error of the paired mean
         return (f"{r['paired_delta_mean']:+.4f} ± {r['paired_delta_std']:.4f} (seed-paired, "
-                + ("beyond" if abs(r["paired_delta_mean"]) > 2 * sig else "within") + " 2 standard errors)")
+                + ("beyond" if abs(r["paired_delta_mean"]) > 2 * sig else "within") + " 2 standard errors; "
+                + paired_t(r["paired_delta_mean"], r["paired_delta_std"], r["seeds"]) + ")")
     se = oe["paired_delta_std"] / max(1, oe["seeds"]) ** 0.5
     verdict = ("reproduces the paper's OE gain (OLMoE-1.3B: 2.554 → 2.472) beyond seed noise"
                if oe["paired_delta_mean"] < -2 * se else
