@@ -371,11 +371,9 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] | None 
 
 
 def _vocab_from_data(raw: dict) -> None:
-    """model.vocab_size not given: the data's tokenizer sets it (manifest.json of data.path, or of the first
-    data.sources folder: they share the tokenizer), and padded_vocab_size, if not given either, is the next
-    multiple of 128. So a run on another tokenizer's data needs no vocabulary overrides."""
-    model = raw["model"]
-    if not isinstance(model, dict) or "vocab_size" in model:
+    """model.vocab_size not given: the data's tokenizer (manifest.json of data.path or the first source) sets
+    it, and padded_vocab_size, if not given either, rounds it up to 128: no vocabulary overrides needed."""
+    if not isinstance(model := raw["model"], dict) or "vocab_size" in model:
         return
     data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
     sources = data.get("sources") if isinstance(data.get("sources"), list) else []
@@ -397,8 +395,6 @@ def run_config_to_yaml(cfg: RunConfig) -> str:
     def plain(x):
         if isinstance(x, dict):
             return {k: plain(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [plain(v) for v in x]
-        return x
+        return [plain(v) for v in x] if isinstance(x, (list, tuple)) else x
     return yaml.safe_dump(plain(to_dict(cfg)), sort_keys=False)
 
