@@ -26,17 +26,25 @@ from pipeline.config.model import OverEncodingConfig
 from pipeline.model.norms import RMSNorm
 
 
-def context_tokens(input_ids: torch.Tensor, lag: int, doc_starts: torch.Tensor | None = None) -> torch.Tensor:
-    """x_{i-lag} for every position; 0 before the sequence start and, given doc_starts, before the start
-    of position i's own document."""
-    b, s = input_ids.shape
-    shifted = F.pad(input_ids, (lag, 0))[:, :s] if lag < s else torch.zeros_like(input_ids)
+def context_tokens(input_ids: torch.Tensor, lag: int, doc_starts: torch.Tensor | None = None,
+                   doc_start_pos: torch.Tensor | None = None) -> torch.Tensor:
+    """x_{i-lag} for every position of input_ids [..., B, S]; 0 before the sequence start and, given
+    doc_starts [B, S], before the start of position i's own document (doc_start_pos: document_start_positions
+    of doc_starts, when the caller already has it)."""
+    s = input_ids.shape[-1]
+    shifted = F.pad(input_ids, (lag, 0))[..., :s] if lag < s else torch.zeros_like(input_ids)
     if doc_starts is None or lag == 0:
         return shifted
+    if doc_start_pos is None:
+        doc_start_pos = document_start_positions(doc_starts)
     pos = torch.arange(s, device=input_ids.device)
-    # latest document start at or before i (position 0 always counts as a start)
-    start = torch.where(doc_starts, pos, torch.zeros_like(pos)).cummax(dim=1).values
-    return torch.where(pos - lag >= start, shifted, torch.zeros_like(shifted))
+    return torch.where(pos - lag >= doc_start_pos, shifted, torch.zeros_like(shifted))
+
+
+def document_start_positions(doc_starts: torch.Tensor) -> torch.Tensor:
+    """[B, S]: the latest document start at or before each position (position 0 always counts as one)."""
+    pos = torch.arange(doc_starts.shape[-1], device=doc_starts.device)
+    return torch.where(doc_starts, pos, torch.zeros_like(pos)).cummax(dim=-1).values
 
 
 def ngram_table_ids(input_ids: torch.Tensor, vocab_size: int, n: int, k: int, m: int,
@@ -56,10 +64,13 @@ def ngram_table_ids(input_ids: torch.Tensor, vocab_size: int, n: int, k: int, m:
     coef = torch.tensor([[pow(vocab_size, j, m + 2 * t) if j < orders[t // k] else 0 for j in range(n)]
                          for t in range(num_tables)], dtype=torch.long, device=device)
     mod = moduli.view(-1, 1, 1)
-    ids = torch.zeros((num_tables, *input_ids.shape), dtype=torch.long, device=device)
-    for j in range(n):
-        x_j = context_tokens(input_ids.long(), j, doc_starts).unsqueeze(0) % mod
-        ids = (ids + x_j * coef[:, j].view(-1, 1, 1)) % mod
+    # x mod M_t once; x_{i-j} mod M_t is its shift (the zeros before a start are 0 mod M_t too)
+    x_mod = input_ids.long().unsqueeze(0) % mod                                  # [T, B, S]
+    start_pos = document_start_positions(doc_starts) if doc_starts is not None else None
+    ids = x_mod * coef[:, 0].view(-1, 1, 1)
+    for j in range(1, n):
+        x_j = context_tokens(x_mod, j, doc_starts, start_pos)
+        ids.add_(x_j * coef[:, j].view(-1, 1, 1)).remainder_(mod)
     return ids
 
 
@@ -101,7 +112,9 @@ class OverEncoding(nn.Module):
         """Rows of the stacked table -> vectors [..., table_dim]. Replaced by a sharded lookup under DP."""
         if self.touched_rows is not None and self.training:
             self.touched_rows[global_rows] = True
-        return F.embedding(global_rows, self.table, sparse=self.sparse_grad)
+        if self.sparse_grad and self.table.requires_grad and torch.is_grad_enabled():
+            return _DedupedSparseLookup.apply(self.table, global_rows)
+        return F.embedding(global_rows, self.table)
 
     def table_ids(self, input_ids: torch.Tensor, doc_starts: torch.Tensor | None) -> torch.Tensor:
         c = self.cfg
@@ -140,7 +153,8 @@ class OverEncoding(nn.Module):
             self.norm_probe.append(self.norm_stats(token_emb, vecs, summed, ngram))
         if not self.cfg.unigram:        # ablation: the mean over the n-gram tables only
             return ngram / self.num_tables, ids
-        return (token_emb + ngram) / (1 + self.num_tables), ids
+        # in place on the sum: one [B, S, D] temporary less (bitwise the same as (token_emb + ngram) / (1 + T))
+        return torch.add(token_emb, ngram).div_(1 + self.num_tables), ids
 
     @torch.no_grad()
     def norm_stats(self, token_emb: torch.Tensor, vecs: torch.Tensor, summed: torch.Tensor,
@@ -154,3 +168,27 @@ class OverEncoding(nn.Module):
         weight = self.proj.weight.view(self.proj.out_features, self.num_tables, self.table_dim)
         per_table = [sq(vecs[..., t, :].to(weight.dtype) @ weight[:, t].T) for t in range(self.num_tables)]
         return torch.stack([sq(token_emb), sq(ngram), sq(summed), *per_table])
+
+
+class _DedupedSparseLookup(torch.autograd.Function):
+    """F.embedding(table, rows, sparse=True) whose gradient comes out coalesced. The rows are deduped once in
+    the forward (one sort of the step's rows), so the backward is one index_add into the unique rows and
+    RowSparseAdam's coalesce is a no-op; F.embedding's sparse gradient instead lists every position's row and
+    the optimizer had to sort and sum them (measured: bench/peers.py --oe, docs/performance.md)."""
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        uniq, inverse = torch.unique(rows.reshape(-1), sorted=True, return_inverse=True)
+        ctx.save_for_backward(uniq, inverse)
+        ctx.table_shape, ctx.table_dtype = table.shape, table.dtype
+        return F.embedding(rows, table)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        uniq, inverse = ctx.saved_tensors
+        dim = ctx.table_shape[1]
+        grad_rows = torch.zeros(uniq.numel(), dim, dtype=ctx.table_dtype, device=grad_out.device)
+        grad_rows.index_add_(0, inverse, grad_out.reshape(-1, dim).to(ctx.table_dtype))
+        grad = torch.sparse_coo_tensor(uniq.unsqueeze(0), grad_rows, ctx.table_shape, is_coalesced=True,
+                                       check_invariants=False)
+        return grad, None

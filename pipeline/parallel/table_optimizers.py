@@ -55,6 +55,8 @@ class RowSparseAdam(torch.optim.Optimizer):
                 if rows.numel() == 0:
                     continue
                 step = state["step"].item()
+                # gathered copies of the touched rows, updated in place and scattered back: three random-access
+                # passes over the table-sized tensors each way, no other allocation of that size
                 m = state["exp_avg"].index_select(0, rows).lerp_(g, 1 - beta1)
                 v = state["exp_avg_sq"].index_select(0, rows).mul_(beta2).addcmul_(g, g, value=1 - beta2)
                 state["exp_avg"].index_copy_(0, rows, m)
@@ -63,7 +65,7 @@ class RowSparseAdam(torch.optim.Optimizer):
                 w = p.index_select(0, rows)
                 if wd:
                     w.mul_(1 - lr * wd)
-                w.addcdiv_(m, v.sqrt().add_(eps), value=-step_size)
+                w.addcdiv_(m, v.sqrt_().add_(eps), value=-step_size)     # v is written back already
                 p.index_copy_(0, rows, w)
         return loss
 
@@ -71,12 +73,23 @@ class RowSparseAdam(torch.optim.Optimizer):
 def _touched_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(row indices, their gradient rows) of the rows with a non-zero summed gradient, in ascending order."""
     if grad.is_sparse:
-        grad = grad.coalesce()                      # sums duplicate rows, sorts the indices
-        rows, g = grad.indices()[0], grad.values()
+        if grad.is_coalesced() or _strictly_increasing(grad._indices()[0]):
+            rows, g = grad._indices()[0], grad._values()     # one entry per row already (OE's deduped lookup)
+        else:
+            grad = grad.coalesce()                           # sums duplicate rows, sorts the indices
+            rows, g = grad.indices()[0], grad.values()
         keep = g.ne(0).any(dim=1)
+        if bool(keep.all()):          # the usual case: skip two copies of the step's gradient rows
+            return rows, g
         return rows[keep], g[keep]
     rows = grad.ne(0).any(dim=1).nonzero().squeeze(1)
     return rows, grad.index_select(0, rows)
+
+
+def _strictly_increasing(rows: torch.Tensor) -> bool:
+    """One pass instead of coalesce's sort. Needed because autograd's gradient accumulation drops the
+    is_coalesced flag of a sparse gradient it stores without copying."""
+    return rows.numel() < 2 or bool((rows[1:] > rows[:-1]).all())
 
 
 def use_sparse_table_grads(model: torch.nn.Module, enabled: bool = True) -> int:

@@ -59,3 +59,37 @@ def test_sharded_sparse_table_grads_match_dense():
     for result in run_ranks(2, "tests.pipeline.parallel.test_sparse_table_grads:sharded_worker"):
         assert result["flag"] is True
         assert result["loss"] < 1e-12 and result["params"] < 1e-12, result
+
+
+def _lookup_grads(autocast: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sparse, dense) table gradients of one OE forward + backward with repeated n-grams in the batch."""
+    from pipeline.config.model import OverEncodingConfig
+    from pipeline.model.over_encoding import OverEncoding
+    grads = []
+    for sparse in (True, False):
+        torch.manual_seed(0)
+        oe = OverEncoding(OverEncodingConfig(enabled=True, n=3, k=2, m=97), d_model=32, vocab_size=11)
+        oe.sparse_grad = sparse
+        ids = torch.randint(0, 11, (3, 40), generator=torch.Generator().manual_seed(1))   # 97-row tables: repeats
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out, _ = oe(torch.randn(3, 40, 32, generator=torch.Generator().manual_seed(2)), ids)
+        (out.float() * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
+        grads.append(oe.table.grad)
+    return grads[0], grads[1]
+
+
+def test_deduped_sparse_lookup_gradient_is_coalesced_and_equals_dense():
+    sparse, dense = _lookup_grads(autocast=False)
+    assert sparse.is_sparse
+    rows = sparse._indices()[0]                                      # sorted and distinct: RowSparseAdam's
+    assert bool((rows[1:] > rows[:-1]).all())                        # fast path needs no coalesce
+    assert sparse._indices().shape[1] < 2 * 4 * 3 * 40                 # one entry per distinct row looked up
+    # fp32: the same per-row sums in another order -> a few ulp
+    torch.testing.assert_close(sparse.to_dense(), dense, rtol=1e-6, atol=1e-7)
+
+
+def test_deduped_sparse_lookup_gradient_bf16_autocast():
+    sparse, dense = _lookup_grads(autocast=True)
+    assert sparse.dtype == dense.dtype == torch.float32                 # fp32 table, fp32 gradient
+    # both take the same bf16 projection backward; only the fp32 summation order of the row sums differs
+    torch.testing.assert_close(sparse.to_dense(), dense, rtol=1e-6, atol=1e-6)
