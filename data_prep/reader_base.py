@@ -28,6 +28,10 @@ class Reader:
         self.consumed = 0
 
     def _decode(self, data: bytes) -> str:
+        try:
+            return data.decode("utf-8")     # the common case, without decode_utf8's call and tuple per document
+        except UnicodeDecodeError:
+            pass
         text, bad = decode_utf8(data)
         if bad:
             self.stats.invalid_utf8_documents += 1

@@ -5,6 +5,7 @@ import argparse
 import csv
 import json
 import statistics
+import time
 from pathlib import Path
 
 from experiments.train_runs import RESULTS, ROOT
@@ -17,7 +18,9 @@ def parse_args(description: str) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="a few steps per run, results under --out (CI)")
     p.add_argument("--out", type=Path, default=None,
                    help="results folder (default experiments/results; with --smoke runs/experiments-smoke/results)")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once, one process and core each [1]")
     args = p.parse_args()
+    args.started = time.time()
     if args.out is None:
         args.out = ROOT / "runs/experiments-smoke/results" if args.smoke else RESULTS
     args.img = args.out / "img" if args.smoke else IMG
@@ -41,7 +44,15 @@ def write_results(out: Path, name: str, payload: dict, rows: list[dict]) -> Path
     return path
 
 
-ABLATION_SEEDS = [0, 1]   # experiments 2-4: two seeds (budget); every variant shares each seed's data order
+ABLATION_SEEDS = [0, 1, 2]   # experiments 2-4; every variant shares each seed's data order (paired deltas)
+
+
+def timing(args: argparse.Namespace, results: dict) -> dict:
+    """The experiment's wall time: this command's, and the training time of all its runs as recorded when
+    each was trained (a run shared with another experiment, or reused from the cache, counts here too)."""
+    recs = [r for res in results.values() for r in (res["records"] if isinstance(res, dict) else res)]
+    return {"wall_s": round(time.time() - args.started, 1), "train_s": round(sum(r["wall_s"] for r in recs), 1),
+            "jobs": args.jobs, "runs": len(recs)}
 
 
 def seed_runs(name: str, overrides: list[str], seeds: list[int], out: Path, smoke: bool) -> dict:
@@ -77,14 +88,18 @@ def run_ablation(name: str, description: str, labels: dict[str, str], title: str
     from experiments.plots import bars
     from experiments.variants import VARIANTS
 
+    from experiments.train_runs import train_missing
+
     args = parse_args(description)
     seeds = ABLATION_SEEDS[:1] if args.smoke else ABLATION_SEEDS
+    train_missing([(v, VARIANTS[v], s) for v in labels for s in seeds], args.out, args.smoke, args.jobs)
     results = {v: seed_runs(v, VARIANTS[v], seeds, args.out, args.smoke) for v in labels}
     rows = ablation_rows(results, labels)
     if annotate is not None:
         annotate(rows)
     write_results(args.out, name, {"experiment": name, "command": f"python -m experiments.{name}", "seeds": seeds,
-                                   "rows": rows, **(extra or {}), "runs": run_summaries(results)}, rows)
+                                   "rows": rows, **(extra or {}), "timing": timing(args, results),
+                                   "runs": run_summaries(results)}, rows)
     bars(args.img / f"{name}.png", title.format(seeds=len(seeds)), [r["label"] for r in rows],
          [r["val_loss"] for r in rows], baseline=results["baseline"]["mean"])
     for row in rows:

@@ -1,7 +1,7 @@
-"""Experiment 2: n-gram hierarchy ablation (paper Table 3), seeds 0 and 1, equal steps.
+"""Experiment 2: n-gram hierarchy ablation (paper Table 3), seeds 0-2, equal steps.
 
     python -m experiments.hierarchy [--smoke]
-1-gram only (baseline); 2-gram without 1-gram; 1+2; 1+3; 1+2+3 (all k = 1, m = 65,537).
+1-gram only (baseline); 2-gram without 1-gram; 1+2; 1+3; 1+2+3 (all k = 1, m = 65,521).
 """
 from __future__ import annotations
 

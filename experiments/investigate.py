@@ -1,7 +1,10 @@
 """Follow-up when OE's gain is small or absent: the knobs other implementations report (METHOD.md), seed 0.
 
     python -m experiments.investigate [--smoke] [--only a,b] [--extra-seeds]
-Variants of the main OE model (n = 3, k = 1, m = 65,537): 5x table lr (DeepSeek Engram), RMSNorm on the
+Runs at the earlier scale (experiments/configs/shakespeare_v8192.yaml: V = 8,192, 120 steps), whose OE effect
+stayed inside seed noise; its training-length result is what the current design of experiments 1-4 follows
+from (docs/results.md). Results go to <results>/v8192/. Variants of that scale's OE model (n = 3, k = 1,
+m = 65,537): 5x table lr (DeepSeek Engram), RMSNorm on the
 n-gram sum and a sqrt(D) output scale (LongCat), and baseline vs OE trained 3x and 10x longer. Seed 0, compared with the
 seed-0 run of the same length (paired: same init seed and data order). --extra-seeds adds seeds 1 and 2 of the
 3x and 10x training-length pairs.
@@ -12,8 +15,12 @@ import argparse
 import json
 from pathlib import Path
 
-from experiments.train_runs import RESULTS, ROOT, run_variant
-from experiments.variants import OE, VARIANTS
+from experiments.train_runs import RESULTS, ROOT, V8192_CONFIG, run_variant
+from experiments.variants import OE, oe
+
+# the earlier scale's variants (V = 8,192; m = 65,537 is prime there)
+VARIANTS = {"baseline": [], "oe": oe(3, 1, 65537)}
+SUBDIR = "v8192"
 
 LONG = ["train.max_steps=360"]                # 3x the tokens of experiments 1-4 (same warm-up, cosine to 360)
 XLONG = ["train.max_steps=1200"]              # 10x (still < 1/2 epoch of the Shakespeare shards)
@@ -33,7 +40,9 @@ EXTRA_SEEDS = (1, 2)
 
 def render(d: dict) -> list[str]:
     """Markdown section for docs/results.md (called by experiments.report)."""
-    lines = ["## Investigation: training length and OE knobs from other implementations", "",
+    lines = ["## Investigation at the earlier scale: training length and OE knobs from other implementations", "",
+             "These runs use the earlier design (experiments/configs/shakespeare_v8192.yaml: V = 8,192, 120 steps "
+             "of 1,024 tokens, m = 65,537); their results are in experiments/results/v8192/.", "",
              f"Command: `{d['command']}`", "",
              "| variant | steps | val_loss | reference | delta vs reference |", "|---|---|---|---|---|"]
     lines += [f"| {r['label']} | {r['steps']} | {r['val_loss']:.4f} | {r['reference']} | "
@@ -41,13 +50,13 @@ def render(d: dict) -> list[str]:
     lines += ["", "Deltas are paired (same seed and data order as the reference run); rows without a seed "
               "label are seed 0."]
     by = {r["variant"]: r for r in d["rows"]}
-    exp1 = RESULTS / "oe_vs_baseline.json"
+    exp1 = RESULTS / SUBDIR / "oe_vs_baseline.json"
     if exp1.is_file():
         import statistics
 
         short = next(r for r in json.loads(exp1.read_text())["rows"] if r["variant"] == "oe")
         parts = [f"{short['paired_delta_mean']:+.4f} ± {short['paired_delta_std']:.4f} at {by['oe']['steps']} steps "
-                 f"(experiment 1, {short['seeds']} seeds)"]
+                 f"(that scale's experiment 1, {short['seeds']} seeds)"]
         for _, oe in LENGTH_PAIRS:
             deltas = [r["delta"] for v, r in by.items() if v == oe or v.startswith(oe + "_s")]
             if len(deltas) < 2:
@@ -80,20 +89,23 @@ def main() -> None:
     p.add_argument("--extra-seeds", action="store_true",
                    help="also train the training-length pairs at seeds 1 and 2 (paired deltas over 3 seeds)")
     args = p.parse_args()
-    out = args.out or (ROOT / "runs/experiments-smoke/results" if args.smoke else RESULTS)
-    recs = {"baseline": run_variant("baseline", VARIANTS["baseline"], 0, out, args.smoke),
-            "oe": run_variant("oe", VARIANTS["oe"], 0, out, args.smoke)}
+    out = (args.out or (ROOT / "runs/experiments-smoke/results" if args.smoke else RESULTS)) / SUBDIR
+
+    def run(name: str, overrides: list[str], seed: int) -> dict:
+        return run_variant(name, overrides, seed, out, args.smoke, base_config=V8192_CONFIG)
+
+    recs = {"baseline": run("baseline", VARIANTS["baseline"], 0), "oe": run("oe", VARIANTS["oe"], 0)}
     labels = {"baseline": ("baseline", None), "oe": ("OE (plain)", "baseline")}
     for name in args.only.split(","):
         label, overrides, ref = FOLLOW_UPS[name]
-        recs[name] = run_variant(name, overrides, 0, out, args.smoke)
+        recs[name] = run(name, overrides, 0)
         labels[name] = (label, ref)
         print(f"{label}: {recs[name]['final_val_loss']:.4f}", flush=True)
     if args.extra_seeds:
         for (base_name, oe_name), seed in ((pair, s) for pair in LENGTH_PAIRS for s in EXTRA_SEEDS):
             for name in (base_name, oe_name):
                 if name in args.only.split(","):
-                    run_variant(name, FOLLOW_UPS[name][1], seed, out, args.smoke)
+                    run(name, FOLLOW_UPS[name][1], seed)
     rows = []
     for name, (label, ref) in labels.items():
         loss = recs[name]["final_val_loss"]

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# Run every experiment for real, seed-0 comparisons first (runs are cached, so a rerun resumes), then write
-# docs/results.md. ~3 h on 2 idle CPU cores. Usage: bash experiments/run_all.sh [logdir]
+# Run every experiment for real (runs are cached, so a rerun resumes), then write docs/results.md. Experiments
+# 1-4 train two runs at a time (--jobs 2, one core each); about 2 h on 2 idle CPU cores in all.
+# Usage: bash experiments/run_all.sh [logdir]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 log=${1:-runs/experiments/logs}
 mkdir -p "$log"
 export DS_ACCELERATOR=cpu OMP_WAIT_POLICY=PASSIVE
-for exp in hierarchy collision oe_vs_baseline table_size cfg_experiment; do
-  .venv/bin/python -m experiments.$exp > "$log/$exp.log" 2>&1
+bash scripts/prepare_demo_data.sh > "$log/prepare_demo_data.log" 2>&1     # the investigation's earlier scale
+bash experiments/prepare_data.sh > "$log/prepare_data.log" 2>&1           # experiments 1-4
+.venv/bin/python -m experiments.design > "$log/design.log" 2>&1
+for exp in oe_vs_baseline hierarchy collision table_size; do
+  .venv/bin/python -m experiments.$exp --jobs 2 > "$log/$exp.log" 2>&1
 done
+.venv/bin/python -m experiments.cfg_experiment > "$log/cfg_experiment.log" 2>&1
 .venv/bin/python -m experiments.investigate --extra-seeds > "$log/investigate.log" 2>&1
 .venv/bin/python -m experiments.report

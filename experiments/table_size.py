@@ -1,4 +1,4 @@
-"""Experiment 4: table-size sweep (paper's log-linear law), n = 2, k = 1, seeds 0 and 1.
+"""Experiment 4: table-size sweep (paper's log-linear law), n = 2, k = 1, seeds 0-2.
 
     python -m experiments.table_size [--smoke]
 Fits the seed-mean final validation loss = a − b·log10(m) by least squares and reports a, b and R².
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from experiments.common import ABLATION_SEEDS, parse_args, run_summaries, seed_runs, write_results
+from experiments.common import ABLATION_SEEDS, parse_args, run_summaries, seed_runs, timing, write_results
 from experiments.plots import log_fit
 from experiments.variants import MAIN_M, SWEEP_M, VARIANTS
 
@@ -30,9 +30,12 @@ def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
     ms = SWEEP_M[:2] if args.smoke else SWEEP_M
     seeds = ABLATION_SEEDS[:1] if args.smoke else ABLATION_SEEDS
-    base = seed_runs("baseline", VARIANTS["baseline"], seeds, args.out, args.smoke)
     # m = MAIN_M is the same configuration as hierarchy's "1+2": reuse those runs
     names = {m: "1+2" if m == MAIN_M else f"2gram_m{m}" for m in ms}
+    from experiments.train_runs import train_missing
+    train_missing([(v, VARIANTS[v], s) for v in ["baseline", *names.values()] for s in seeds], args.out,
+                  args.smoke, args.jobs)
+    base = seed_runs("baseline", VARIANTS["baseline"], seeds, args.out, args.smoke)
     results = {m: seed_runs(names[m], VARIANTS[names[m]], seeds, args.out, args.smoke) for m in ms}
     losses = [results[m]["mean"] for m in ms]
     a, b, r2 = fit_log_linear(ms, losses)
@@ -44,6 +47,7 @@ def main() -> None:
     write_results(args.out, NAME, {
         "experiment": NAME, "command": "python -m experiments.table_size", "seeds": seeds, "rows": rows,
         "fit": fit, "baseline_val_loss": base["mean"], "paper_fit": {"a": 2.6754, "b": 0.0256},
+        "timing": timing(args, {"baseline": base, **{str(m): r for m, r in results.items()}}),
         "runs": run_summaries({str(m): r for m, r in results.items()})}, rows)
     log_fit(args.img / f"{NAME}.png", f"Exp 4: loss vs OE table size (n=2, k=1; {len(seeds)} seeds)", ms, losses, a, b)
     print(f"fit: loss = {a:.4f} - {b:.4f}·log10(m), R² = {r2:.3f}; baseline {base['mean']:.4f}")

@@ -16,9 +16,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module", autouse=True)
 def demo_shards():
-    """The experiments read the demo corpus; prepare it as `make demo` does (idempotent, ~10 s)."""
-    subprocess.run(["bash", str(ROOT / "scripts" / "prepare_demo_data.sh")], cwd=ROOT, check=True,
-                   capture_output=True, timeout=300)
+    """Experiments 1-4 read data/exp_v1024 (experiments/prepare_data.sh), the investigation the demo corpus
+    (as `make demo` prepares it); both idempotent, ~10 s."""
+    for script in ("scripts/prepare_demo_data.sh", "experiments/prepare_data.sh"):
+        subprocess.run(["bash", str(ROOT / script)], cwd=ROOT, check=True, capture_output=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def test_cfg_experiment_smoke(out):
 
 def test_investigate_smoke(out):
     run("investigate", out, "--only", "oe_lr5")
-    rows = json.loads((out / "investigation.json").read_text())["rows"]
+    rows = json.loads((out / "v8192" / "investigation.json").read_text())["rows"]
     assert [r["variant"] for r in rows] == ["baseline", "oe", "oe_lr5"] and rows[2]["delta"] is not None
 
 
