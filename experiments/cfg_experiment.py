@@ -1,7 +1,7 @@
 """Experiment 5: the synthetic CFG experiment (paper §3.1), scaled down to 2 CPU cores.
 
-    python -m experiments.cfg_experiment [--smoke] [--sizes small,large] [--steps N] [--root-level L]
-Two model sizes x {1-gram baseline, exact 1+2+3-gram input, joint 3-gram output}; generation accuracy = the
+    python -m experiments.cfg_experiment [--smoke] [--sizes tiny,small,large] [--steps N] [--root-level L]
+Three model sizes x {1-gram baseline, exact 1+2+3-gram input, joint 3-gram output}; generation accuracy = the
 fraction of strings sampled at temperature 1 from BOS that the parser accepts (1,000 per model), plus a
 graded score (checker.parse_depth: how many grammar levels, from the terminals up, each sample satisfies).
 
@@ -10,6 +10,8 @@ Scale-down of the grammar: the default root level 2 keeps cfg3f's rules but star
 full grammar (--root-level 0) no model this size reaches a single valid sample within the CPU budget (see
 docs/results.md), so accuracies could not be compared.
 Each (size, variant) result is cached in <results>/cfg_runs/, so the command resumes after an interruption.
+The paper's size trend for 3-gram output needs a "large" model bigger than its small one (2.4M params); the
+command times a training step of that model beside ours ("cost" in cfg.json) to state what such a run would take.
 """
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ NAME = "cfg"
 # Real runs, per size: steps and peak lr (lr from short pilots: 1e-2 beat 3e-3 for the small model at equal steps).
 # Batch 32 windows of 128 tokens (every window starts at a separator, so it holds one whole first string).
 # The paper: 20M strings x 10 epochs, batch 512, lr 3e-4.
-SETTINGS = {"small": {"steps": 3000, "lr": 1e-2}, "large": {"steps": 3000, "lr": 3e-3}}
+SETTINGS = {"tiny": {"steps": 3000, "lr": 1e-2}, "small": {"steps": 3000, "lr": 1e-2},
+            "large": {"steps": 3000, "lr": 3e-3}}
 COMMON = {"batch": 32, "seq_len": 128, "train_strings": 200_000, "samples": 1000, "curve_samples": 200,
           "root_level": 2}
 SMOKE = {"steps": 5, "lr": 3e-3, "batch": 2, "seq_len": 96, "train_strings": 50, "samples": 4, "curve_samples": 2,
@@ -38,7 +41,7 @@ PAPER = "3-gram input helps both sizes; 3-gram output helps the large model and 
 
 def main() -> None:
     from experiments.cfg.models import SIZES, VARIANTS
-    from experiments.cfg.train import train_and_evaluate
+    from experiments.cfg.train import seconds_per_step, train_and_evaluate
     from experiments.plots import curves
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -65,13 +68,16 @@ def main() -> None:
                 if args.root_level is not None:
                     settings["root_level"] = args.root_level
                 records.append(_run(out, size, variant, settings, SIZES[size], args.smoke, train_and_evaluate))
+    settings = SMOKE if args.smoke else COMMON
+    cost = seconds_per_step(["large", "paper_small"], settings["batch"], settings["seq_len"],
+                            settings["root_level"], steps=1 if args.smoke else 6, rounds=1 if args.smoke else 3)
     rows = []
     for size in args.sizes.split(","):
         for variant in args.variants.split(","):
             rows.append(_row([r for r in records if r["size"] == size and r["variant"] == variant]))
     write_results(out, NAME, {"experiment": NAME, "command": "python -m experiments.cfg_experiment", "seeds": seeds,
                               "paper_finding": PAPER, "entropy_floor": _entropy_floor(records[0]["root_level"]),
-                              "rows": rows, "runs": records}, rows)
+                              "rows": rows, "runs": records, "cost": cost}, rows)
     curves(img / f"{NAME}.png", "Exp 5: cfg generation accuracy (T = 1) during training",
            {f"{row['size']}/{row['variant']}": [r["accuracy_curve"] for r in records if (r["size"], r["variant"]) ==
                                                 (row["size"], row["variant"])] for row in rows},

@@ -82,7 +82,7 @@ def run_summaries(results: dict) -> dict:
 
 
 def run_ablation(name: str, description: str, labels: dict[str, str], title: str, extra: dict | None = None,
-                 annotate=None) -> None:
+                 annotate=None, seeds: list[int] = ABLATION_SEEDS) -> None:
     """The single-table ablations (experiments 2 and 3): train/reuse every variant at the ablation seeds, write
     <name>.json/.csv (seed-paired deltas vs the baseline) and a bar chart. `annotate(rows)` may add columns."""
     from experiments.plots import bars
@@ -91,7 +91,7 @@ def run_ablation(name: str, description: str, labels: dict[str, str], title: str
     from experiments.train_runs import train_missing
 
     args = parse_args(description)
-    seeds = ABLATION_SEEDS[:1] if args.smoke else ABLATION_SEEDS
+    seeds = seeds[:1] if args.smoke else seeds
     train_missing([(v, VARIANTS[v], s) for v in labels for s in seeds], args.out, args.smoke, args.jobs)
     results = {v: seed_runs(v, VARIANTS[v], seeds, args.out, args.smoke) for v in labels}
     rows = ablation_rows(results, labels)

@@ -64,6 +64,37 @@ def accuracy(model, variant: str, count: int, seed: int, root_level: int) -> tup
     return strings, [parse_depth(s, root_level) for s in strings]
 
 
+def seconds_per_step(sizes: list[str], batch: int, seq_len: int, root_level: int, steps: int = 6,
+                     rounds: int = 3) -> dict[str, dict]:
+    """{size: {"params", "s_per_step"}}: the median time of a training step (fwd + bwd + clip + AdamW) of each size's
+    1-gram model at the experiment's batch, the sizes timed in interleaved rounds so that load is shared."""
+    import statistics
+
+    data = CFGStream(2000, seed=0, root_level=root_level)
+    rng = np.random.default_rng(0)
+    models = {s: build(s, "1gram", seq_len + 8, 0) for s in sizes}
+    opts = {s: torch.optim.AdamW(m.parameters(), lr=1e-3) for s, m in models.items()}
+    times: dict[str, list[float]] = {s: [] for s in sizes}
+
+    def step(s: str) -> None:
+        loss, _ = losses(models[s], data.random_batch(rng, batch, seq_len), seq_len, "1gram")
+        opts[s].zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(models[s].parameters(), 1.0)
+        opts[s].step()
+
+    for s in sizes:
+        step(s)                                   # warm-up: allocator, first-call overheads
+    for _ in range(rounds):
+        for s in sizes:
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step(s)
+            times[s].append((time.perf_counter() - t0) / steps)
+    return {s: {"params": sum(p.numel() for p in models[s].parameters()),
+                "s_per_step": round(statistics.median(times[s]), 4)} for s in sizes}
+
+
 def train_and_evaluate(size: str, variant: str, *, steps: int, batch: int, seq_len: int, lr: float,
                        train_strings: int, samples: int, seed: int, root_level: int = 0, curve_samples: int = 0,
                        log=print, samples_file=None) -> dict:
