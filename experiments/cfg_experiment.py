@@ -1,6 +1,6 @@
 """Experiment 5: the synthetic CFG experiment (paper §3.1), scaled down to 2 CPU cores.
 
-    python -m experiments.cfg_experiment [--smoke] [--sizes tiny,small,large] [--steps N] [--root-level L]
+    python -m experiments.cfg_experiment [--smoke] [--jobs N] [--sizes tiny,small,large] [--steps N] [--root-level L]
 Three model sizes x {1-gram baseline, exact 1+2+3-gram input, joint 3-gram output}; generation accuracy = the
 fraction of strings sampled at temperature 1 from BOS that the parser accepts (1,000 per model), plus a
 graded score (checker.parse_depth: how many grammar levels, from the terminals up, each sample satisfies).
@@ -18,6 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -51,13 +54,15 @@ def main() -> None:
     p.add_argument("--variants", default=",".join(VARIANTS), help="a subset (to split the runs over processes)")
     p.add_argument("--steps", type=int, default=None, help="override the steps of every size")
     p.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once, one process and core each [1]")
     p.add_argument("--root-level", type=int, default=None, choices=range(0, 5),
                    help="0 = the full cfg3f grammar; default 2 (its bottom four levels)")
     args = p.parse_args()
+    started = time.time()
     out = args.out or (ROOT / "runs/experiments-smoke/results" if args.smoke else RESULTS)
     img = out / "img" if args.smoke else IMG
     seeds = [0] if args.smoke else [int(s) for s in args.seeds.split(",")]
-    records = []
+    todo = []
     for seed in seeds:                       # seed-major: every comparison at seed 0 is complete first
         for size in args.sizes.split(","):
             for variant in args.variants.split(","):
@@ -67,7 +72,13 @@ def main() -> None:
                     settings["steps"] = args.steps
                 if args.root_level is not None:
                     settings["root_level"] = args.root_level
-                records.append(_run(out, size, variant, settings, SIZES[size], args.smoke, train_and_evaluate))
+                todo.append((out, size, variant, settings, SIZES[size], args.smoke))
+    if args.jobs > 1:                        # fresh processes: each run is independent and single-threaded
+        todo.sort(key=lambda t: -t[4]["d_model"] * t[4]["n_layers"])    # longest first: the pool finishes together
+        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
+            records = list(pool.map(_run_in_process, todo))
+    else:
+        records = [_run(*t, train_and_evaluate) for t in todo]
     settings = SMOKE if args.smoke else COMMON
     cost = seconds_per_step(["large", "paper_small"], settings["batch"], settings["seq_len"],
                             settings["root_level"], steps=1 if args.smoke else 6, rounds=1 if args.smoke else 3)
@@ -77,11 +88,20 @@ def main() -> None:
             rows.append(_row([r for r in records if r["size"] == size and r["variant"] == variant]))
     write_results(out, NAME, {"experiment": NAME, "command": "python -m experiments.cfg_experiment", "seeds": seeds,
                               "paper_finding": PAPER, "entropy_floor": _entropy_floor(records[0]["root_level"]),
-                              "rows": rows, "runs": records, "cost": cost}, rows)
+                              "rows": rows, "runs": records, "cost": cost,
+                              "timing": {"wall_s": round(time.time() - started, 1), "jobs": args.jobs, "runs": len(records),
+                                         "train_s": round(sum(r["total_s"] for r in records), 1)}}, rows)
     curves(img / f"{NAME}.png", "Exp 5: cfg generation accuracy (T = 1) during training",
            {f"{row['size']}/{row['variant']}": [r["accuracy_curve"] for r in records if (r["size"], r["variant"]) ==
                                                 (row["size"], row["variant"])] for row in rows},
            ylabel="accuracy (valid samples)")
+
+
+def _run_in_process(task: tuple) -> dict:
+    import torch
+    from experiments.cfg.train import train_and_evaluate
+    torch.set_num_threads(1)
+    return _run(*task, train_and_evaluate)
 
 
 def _run(out: Path, size: str, variant: str, settings: dict, model: dict, smoke: bool, train) -> dict:

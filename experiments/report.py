@@ -269,9 +269,12 @@ def caveats(results: Path) -> list[str]:
     path = results / "oe_vs_baseline.json"
     if path.is_file():
         base = next(r for r in json.loads(path.read_text())["rows"] if r["variant"] == "baseline")
+        seeds = {n: len(json.loads((results / f"{n}.json").read_text())["seeds"])
+                 for n in ("hierarchy", "collision", "table_size") if (results / f"{n}.json").is_file()}
         lines.append(f"- Seed noise: the baseline's final validation loss varies with std {base['val_loss_std']:.4f} "
-                     "over seeds (init and data order). Experiments 2-4 use three seeds (each seed gives every variant "
-                     "the same data order; deltas are seed-paired), so only differences well above that are meaningful.")
+                     "over seeds (init and data order). Seeds per experiment: "
+                     + ", ".join(f"{n} {k}" for n, k in seeds.items()) + " (each seed gives every variant the same "
+                     "data order, so deltas are seed-paired and the paired spread is far below the unpaired one).")
     lines += ["- Training is ~10^6 tokens per run in experiments 1-4, five orders of magnitude below the paper's "
               "50B-500B, on a 1,024-token vocabulary instead of 50,280: the effects are this scale's, and their sizes "
               "are not the paper's.",

@@ -46,13 +46,14 @@ def test_shakespeare_experiment_smoke(module, out):
 
 
 def test_cfg_experiment_smoke(out):
-    run("cfg_experiment", out)
+    run("cfg_experiment", out, "--jobs", "2")           # the process-pool path
     rows = json.loads((out / "cfg.json").read_text())["rows"]
     assert {(r["size"], r["variant"]) for r in rows} == {(s, v) for s in ("tiny", "small", "large")
                                                           for v in ("1gram", "3gram_in", "3gram_out")}
     assert all(0 <= r["accuracy"] <= 1 for r in rows)
     cost = json.loads((out / "cfg.json").read_text())["cost"]     # the paper-size model's measured step time
     assert cost["paper_small"]["params"] > 2_000_000 and cost["paper_small"]["s_per_step"] > 0
+    assert json.loads((out / "cfg.json").read_text())["timing"]["runs"] == 9
 
 
 def test_investigate_smoke(out):
