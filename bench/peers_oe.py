@@ -1,7 +1,7 @@
 """Peer benchmark 2: our Over-Encoding embedding vs a literal implementation of the paper's Alg. 1, one
 training step of the embedding alone (forward + backward + optimizer step), CPU fp32, one thread.
 
-Literal Alg. 1 (shared/reference/METHOD.md): k(n-1) separate nn.Embedding tables (table t: m + 2t rows,
+Literal Alg. 1 (the paper's pseudocode): k(n-1) separate nn.Embedding tables (table t: m + 2t rows,
 width D/(k(n-1))), one nn.Linear(width -> D) each, int64 n-gram ids g = x_i + x_{i-1} V + x_{i-2} V^2
 (exact for n = 3), output (E_tok[x] + sum_t W_t E_t[g mod (m+2t)]) / (1 + k(n-1)). Ours:
 pipeline/model/over_encoding.py (one stacked table, one GEMM for all projections, vectorised ids).

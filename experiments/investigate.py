@@ -1,4 +1,4 @@
-"""Follow-up when OE's gain is small or absent: the knobs other implementations report (METHOD.md), seed 0.
+"""Follow-up when OE's gain is small or absent: the knobs other implementations report (Engram, LongCat), seed 0.
 
     python -m experiments.investigate [--smoke] [--only a,b] [--extra-seeds]
 Runs at the earlier scale (experiments/configs/shakespeare_v8192.yaml: V = 8,192, 120 steps), whose OE effect

@@ -20,6 +20,7 @@ SCALE = """\
 | collision | m = 64·V vs 3.2M | m = 64·V = 65,536 vs 65,521 |
 | sweep | m = 20K ... 12.8M | m = 257 ... 65,521 (2.4 decades) |
 | CFG | GPT-2 12 layers, D 768 / 128, 20M strings × 10 epochs, 10,000 samples | see experiment 5 |
+| recipe | OLMoE: norms, biases and embeddings decayed; Alg. 1's hash reads across documents | AdamW, weight decay 0.1 on matrices only (`optim.decay_norm_and_bias` and `optim.embedding_weight_decay` false, the project default); the n-gram hash restarts at each document start and attention stays inside each document (`reset_at_doc`, `doc_mask`: the project default; the paper's literal setting is `configs/model/olmoe-1.3b-ot12.8m-literal.yaml`); MTP reuses the trunk's final norm (`output_norm: shared`) |
 
 Validation loss is measured on the same fixed validation windows for every run (16 batches × 8 × 128 tokens).
 All runs use the project's trainer (`pipeline.train.build.build_trainer`, fp32, ZeRO-0, one process) except

@@ -45,7 +45,7 @@ def test_known_lengths_and_terminals():
     xs = sample_many(300, seed=0)
     assert all(MIN_LEN <= len(x) <= MAX_LEN and set(x) <= {1, 2, 3} for x in xs)
     lengths = sorted(len(x) for x in xs)
-    assert 200 <= lengths[len(lengths) // 2] <= 300              # METHOD.md: median ~250
+    assert 200 <= lengths[len(lengths) // 2] <= 300              # the paper: median ~250
     assert span_bounds(0) == (64, 729) and span_bounds(5) == (2, 3)
     assert sample_many(3, seed=7) == sample_many(3, seed=7)       # seeded
 
