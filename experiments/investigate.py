@@ -1,6 +1,6 @@
 """Follow-up when OE's gain is small or absent: the knobs other implementations report (Engram, LongCat), seed 0.
 
-    python -m experiments.investigate [--smoke] [--only a,b] [--extra-seeds]
+    python -m experiments.investigate [--smoke] [--jobs N] [--only a,b] [--extra-seeds]
 Runs at the earlier scale (experiments/configs/shakespeare_v8192.yaml: V = 8,192, 120 steps), whose OE effect
 stayed inside seed noise; its training-length result is what the current design of experiments 1-4 follows
 from (docs/results.md). Results go to <results>/v8192/. Variants of that scale's OE model (n = 3, k = 1,
@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
-from experiments.train_runs import RESULTS, ROOT, V8192_CONFIG, run_variant
+from experiments.train_runs import RESULTS, ROOT, V8192_CONFIG, run_variant, train_missing
 from experiments.variants import OE, oe
 
 # the earlier scale's variants (V = 8,192; m = 65,537 is prime there)
@@ -49,6 +50,14 @@ def render(d: dict) -> list[str]:
               + (f"{r['delta']:+.4f}" if r["delta"] is not None else "") + " |" for r in d["rows"]]
     lines += ["", "Deltas are paired (same seed and data order as the reference run); rows without a seed "
               "label are seed 0."]
+    # wall time: each run's record holds its training time (variant "x" is seed 0's run "x_s0")
+    records = [RESULTS / SUBDIR / "runs" / (r["variant"] + ("" if re.search(r"_s\d+$", r["variant"]) else "_s0")
+                                            + ".json") for r in d["rows"]]
+    if all(path.is_file() for path in records):
+        total = sum(json.loads(path.read_text())["wall_s"] for path in records)
+        lines += ["", f"Wall time: its {len(records)} runs took {total / 60:.1f} min of training in all, each run "
+                      f"timed when it was trained (they ran beside other jobs), so about {total / 120:.0f} min with "
+                      "`--jobs 2`."]
     by = {r["variant"]: r for r in d["rows"]}
     exp1 = RESULTS / SUBDIR / "oe_vs_baseline.json"
     if exp1.is_file():
@@ -88,8 +97,16 @@ def main() -> None:
     p.add_argument("--only", default=",".join(FOLLOW_UPS))
     p.add_argument("--extra-seeds", action="store_true",
                    help="also train the training-length pairs at seeds 1 and 2 (paired deltas over 3 seeds)")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once, one process and core each [1]")
     args = p.parse_args()
     out = (args.out or (ROOT / "runs/experiments-smoke/results" if args.smoke else RESULTS)) / SUBDIR
+    only = args.only.split(",")
+    todo = [("baseline", VARIANTS["baseline"], 0), ("oe", VARIANTS["oe"], 0)]
+    todo += [(name, FOLLOW_UPS[name][1], 0) for name in only]
+    if args.extra_seeds:
+        todo += [(name, FOLLOW_UPS[name][1], seed) for pair in LENGTH_PAIRS for seed in EXTRA_SEEDS
+                 for name in pair if name in only]
+    train_missing(todo, out, args.smoke, args.jobs, base_config=V8192_CONFIG)
 
     def run(name: str, overrides: list[str], seed: int) -> dict:
         return run_variant(name, overrides, seed, out, args.smoke, base_config=V8192_CONFIG)

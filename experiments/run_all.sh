@@ -15,5 +15,5 @@ for exp in oe_vs_baseline hierarchy collision table_size; do
   .venv/bin/python -m experiments.$exp --jobs 2 > "$log/$exp.log" 2>&1
 done
 .venv/bin/python -m experiments.cfg_experiment --jobs 2 > "$log/cfg_experiment.log" 2>&1
-.venv/bin/python -m experiments.investigate --extra-seeds > "$log/investigate.log" 2>&1
+.venv/bin/python -m experiments.investigate --extra-seeds --jobs 2 > "$log/investigate.log" 2>&1
 .venv/bin/python -m experiments.report

@@ -57,7 +57,7 @@ def test_cfg_experiment_smoke(out):
 
 
 def test_investigate_smoke(out):
-    run("investigate", out, "--only", "oe_lr5")
+    run("investigate", out, "--only", "oe_lr5", "--jobs", "2")
     rows = json.loads((out / "v8192" / "investigation.json").read_text())["rows"]
     assert [r["variant"] for r in rows] == ["baseline", "oe", "oe_lr5"] and rows[2]["delta"] is not None
 
