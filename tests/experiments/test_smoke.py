@@ -69,6 +69,6 @@ def test_report_renders_from_results(out, tmp_path):
     subprocess.run([sys.executable, "-m", "experiments.report", "--results", str(out), "--output", str(target)],
                    cwd=ROOT, check=True, timeout=120)
     text = target.read_text()
-    for heading in ("1. Baseline vs OE vs OT", "2. n-gram hierarchy", "3. Collision", "4. Table-size", "5. Synthetic CFG",
-                    "Investigation"):
+    for heading in ("Findings at a glance", "1. Baseline vs OE vs OT", "2. n-gram hierarchy", "3. Collision",
+                    "4. Table-size", "5. Synthetic CFG", "Investigation"):
         assert heading in text
