@@ -66,7 +66,8 @@ def _cfg_rows(d: dict) -> list[tuple[str, str, str, str]]:
         ("CFG: 3-gram input helps", "both sizes", ", ".join(f"{s} {v}" for s, v in zip(sizes, inp)),
          "reproduced" if all(v == "helps" for v in inp) else "direction only" if "helps" in inp else "not reproduced"),
         ("CFG: 3-gram output hurts the small model, helps the large", "small hurts, large helps (2.4M / 85M params)",
-         ", ".join(f"{s} {v}" for s, v in zip(sizes, outp)) + " (17k-264k params)",
+         ", ".join(f"{s} {v}" for s, v in zip(sizes, outp))
+         + f" ({min(r['params'] for r in d['rows']):,}-{max(r['params'] for r in d['rows']):,} params)",
          "reproduced" if flip else "direction only (no sign flip at these sizes)" if rising else "not reproduced"),
     ]
 
