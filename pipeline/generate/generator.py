@@ -86,7 +86,7 @@ def _cached_steps(model, prompts: list[list[int]], steps: int, device: torch.dev
     """Coroutine: yields next-token logits [B, V]; receives the tokens chosen for each row."""
     ids, valid = left_pad(prompts, device)
     cache = model.new_decode_cache(len(prompts), ids.shape[1] + steps)
-    logits = model.decode(ids, cache, valid)[:, -1]
+    logits = model.decode(ids, cache, valid, last_only=True)[:, -1]
     while True:
         tokens = yield logits
         logits = model.decode(tokens.view(-1, 1), cache)[:, -1]

@@ -46,6 +46,29 @@ def test_cached_logits_match_full_logits_with_left_padding():
     torch.testing.assert_close(torch.cat(chunks, dim=1), ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prefill_last_only_equals_the_last_position_of_all_logits(dtype):
+    """decode(last_only=True), what generation's prefill calls, is the last row of the full prefill: the head of
+    one position equals that position's row of the head over all positions (same GEMM row; bf16 autocast too),
+    and the cache it leaves decodes the next token identically."""
+    model = tiny_model()
+    ids = torch.cat([torch.zeros(2, 2, dtype=torch.long), torch.randint(1, 500, (2, 5))], dim=1)
+    valid = ids != 0
+    outs = []
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=dtype == torch.bfloat16):
+        for last_only in (False, True):
+            cache = model.new_decode_cache(2, 12)
+            first = model.decode(ids, cache, valid, last_only=last_only)
+            outs.append((first[:, -1].float(), model.decode(torch.tensor([[3], [4]]), cache).float()))
+    (full, nxt_full), (last, nxt_last) = outs
+    assert last.shape == (2, model.cfg.padded_vocab_size)
+    # fp32: the same GEMM row up to summation order (measured 1.4e-6 at |logit| < 6); bf16: logits in [4, 8) are
+    # spaced 2^-5 = 0.031 apart, so another blocking order may move one by up to two spacings (0.0625)
+    tol = 1e-5 if dtype == torch.float32 else 0.07
+    torch.testing.assert_close(last, full, rtol=0, atol=tol)
+    torch.testing.assert_close(nxt_last, nxt_full, rtol=0, atol=0)
+
+
 def test_one_oe_lookup_per_table_per_decoded_token():
     model = tiny_model()
     oe = model.over_encoding
