@@ -79,9 +79,9 @@ def main() -> None:
             records = list(pool.map(_run_in_process, todo))
     else:
         records = [_run(*t, train_and_evaluate) for t in todo]
-    settings = SMOKE if args.smoke else COMMON
-    cost = seconds_per_step(["large", "paper_small"], settings["batch"], settings["seq_len"],
-                            settings["root_level"], steps=1 if args.smoke else 6, rounds=1 if args.smoke else 3)
+    shared = SMOKE if args.smoke else COMMON
+    cost = seconds_per_step(["large", "paper_small"], shared["batch"], shared["seq_len"], shared["root_level"],
+                            steps=1 if args.smoke else 6, rounds=1 if args.smoke else 3)
     rows = []
     for size in args.sizes.split(","):
         for variant in args.variants.split(","):

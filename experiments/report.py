@@ -84,7 +84,7 @@ def direction(delta: float, tol: float = 0.0) -> str:
 def paired_t(mean: float, std: float, n: int) -> str:
     """Paired t-test of the seed-paired deltas against 0 (two-sided, n - 1 degrees of freedom)."""
     r = t_test(mean, std, n)
-    return "t undefined" if r.t is None else r.describe().split(", ", 1)[1]
+    return "t undefined" if r.t is None else r.test()
 
 
 def seed_paired(d: dict, a: str, b: str) -> tuple[float, str]:
@@ -178,6 +178,16 @@ def exp5_verdicts(d: dict) -> tuple[dict, list[str], list[str]]:
     return verdicts, sizes, parts
 
 
+def output_trend(out_v: list) -> str | None:
+    """3-gram output's verdicts by size, smallest first -> "flip" (hurts at a smaller size and helps at a larger
+    one: the paper's trend), "rising" (no help at the smallest size, help at every larger one) or None."""
+    if any(a == "hurts" and b == "helps" for i, a in enumerate(out_v) for b in out_v[i + 1:]):
+        return "flip"
+    if len(out_v) >= 2 and "hurts" not in out_v and out_v[0] != "helps" and all(v == "helps" for v in out_v[1:]):
+        return "rising"
+    return None
+
+
 def exp5(d: dict) -> str:
     row = {(r["size"], r["variant"]): r for r in d["rows"]}
     verdicts, sizes, parts = exp5_verdicts(d)
@@ -194,16 +204,17 @@ def exp5(d: dict) -> str:
     floor = (f" The data's entropy is at most {d['entropy_floor']:.4f} nats/token (derivation entropy per token), "
              "the floor for the held-out loss." if "entropy_floor" in d else "")
     out_v = [verdicts.get((s, "3gram_out")) for s in sizes]
-    trend = any(a == "hurts" and b == "helps" for i, a in enumerate(out_v) for b in out_v[i + 1:])
+    trend = output_trend(out_v)
     claims = [(f"3-gram input helps the {s} model", verdicts.get((s, "3gram_in")) == "helps") for s in sizes]
-    claims.append(("3-gram output hurts a smaller model and helps a larger one (the paper's size trend)", trend))
+    claims.append(("3-gram output hurts a smaller model and helps a larger one (the paper's size trend)",
+                   trend == "flip"))
     held = [c for c, ok in claims if ok]
     missed = [c for c, ok in claims if not ok]
     largest = max(r["params"] for r in d["rows"])
     comparison = ("Paper findings that hold here: " + ("; ".join(held) or "none") + ". Not reproduced: "
                   + ("; ".join(missed) or "none") + ". 3-gram output by size, smallest first: "
                   + ", ".join(f"{s} {v}" for s, v in zip(sizes, out_v)) + ". " + out_vs_in(row, sizes)
-                  + trend_note(out_v) + cost_note(d, largest, runs))
+                  + (RISING if trend == "rising" else "") + cost_note(d, largest, runs))
     return ("vs the 1-gram model of the same size — " + "; ".join(parts) + f". Paper: {d['paper_finding']}. "
             + comparison +
             f"Seeds {d.get('seeds', [0])}: accuracy is pooled over the seeds' samples, accuracy_se is its binomial "
@@ -230,14 +241,8 @@ def out_vs_in(row: dict, sizes: list[str]) -> str:
     return ("3-gram output minus 3-gram input accuracy, smallest first: " + "; ".join(parts) + ". ") if parts else ""
 
 
-def trend_note(out_v: list) -> str:
-    """What the sizes tested say about the paper's size trend for 3-gram output."""
-    if len(out_v) < 2 or "hurts" in out_v:
-        return ""
-    if out_v[0] != "helps" and all(v == "helps" for v in out_v[1:]):
-        return ("So 3-gram output's benefit vanishes at the smallest size and appears at the larger ones: the paper's "
-                "trend in direction, without its sign flip to \"hurts\" within the sizes reachable here. ")
-    return ""
+RISING = ("So 3-gram output's benefit vanishes at the smallest size and appears at the larger ones: the paper's "
+          "trend in direction, without its sign flip to \"hurts\" within the sizes reachable here. ")
 
 
 def cost_note(d: dict, largest: int, runs: list[dict]) -> str:

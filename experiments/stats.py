@@ -15,11 +15,14 @@ class Paired:
     t: float | None
     p: float | None
 
-    def describe(self) -> str:
+    def test(self) -> str:
         if self.t is None:
-            return f"{self.mean:+.4f} ± {self.std:.4f}, t undefined, {self.n} seeds"
+            return f"t undefined, {self.n} seeds"
         p = f"{self.p:.3f}" if self.p >= 1e-3 else f"{self.p:.1e}"
-        return f"{self.mean:+.4f} ± {self.std:.4f}, paired t = {self.t:.2f}, p = {p}, {self.n} seeds"
+        return f"paired t = {self.t:.2f}, p = {p}, {self.n} seeds"
+
+    def describe(self) -> str:
+        return f"{self.mean:+.4f} ± {self.std:.4f}, {self.test()}"
 
 
 def t_test(mean: float, std: float, n: int) -> Paired:

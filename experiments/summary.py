@@ -56,19 +56,19 @@ def rows(results: Path) -> list[tuple[str, str, str, str]]:
 
 
 def _cfg_rows(d: dict) -> list[tuple[str, str, str, str]]:
-    from experiments.report import exp5_verdicts      # the CFG's significance rule lives with its section
+    from experiments.report import exp5_verdicts, output_trend     # the CFG's rules live with its section
     verdicts, sizes, _ = exp5_verdicts(d)
     inp = [verdicts.get((s, "3gram_in")) for s in sizes]
     outp = [verdicts.get((s, "3gram_out")) for s in sizes]
-    flip = any(a == "hurts" and b == "helps" for i, a in enumerate(outp) for b in outp[i + 1:])
-    rising = outp[-1] == "helps" and outp[0] != "helps"
+    trend = output_trend(outp)
     return [
         ("CFG: 3-gram input helps", "both sizes", ", ".join(f"{s} {v}" for s, v in zip(sizes, inp)),
          "reproduced" if all(v == "helps" for v in inp) else "direction only" if "helps" in inp else "not reproduced"),
         ("CFG: 3-gram output hurts the small model, helps the large", "small hurts, large helps (2.4M / 85M params)",
          ", ".join(f"{s} {v}" for s, v in zip(sizes, outp))
          + f" ({min(r['params'] for r in d['rows']):,}-{max(r['params'] for r in d['rows']):,} params)",
-         "reproduced" if flip else "direction only (no sign flip at these sizes)" if rising else "not reproduced"),
+         "reproduced" if trend == "flip" else "direction only (no sign flip at these sizes)" if trend == "rising"
+         else "not reproduced"),
     ]
 
 
