@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.model import cpu_gemm
+
 IGNORE = -100
 CHUNK_ELEMENTS = 1 << 20        # ~4 MiB of fp32 logits per chunk: stays in cache between the GEMM and its use
 
@@ -49,7 +51,7 @@ def _chunked_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, 
     chunks, maxes, lses = [], [], []
     target_logit = torch.zeros(rows, dtype=h.dtype, device=h.device)
     for start in starts:
-        logits = h @ weight[start:start + step].T                             # [T, c]
+        logits = cpu_gemm.linear(h, weight[start:start + step])              # [T, c]
         col = targets - start
         inside = (col >= 0) & (col < logits.shape[1])
         picked = logits.gather(1, col.clamp(0, logits.shape[1] - 1).unsqueeze(1)).squeeze(1)
@@ -76,8 +78,12 @@ def _chunked_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, 
     for start, e, row_max in zip(starts, chunks, maxes):
         f = (row_max - shift).exp().unsqueeze(1)
         w_chunk = weight[start:start + step]
-        dh.addcmul_(e @ w_chunk, f)
-        torch.mm(e.T, h * f, out=dw[start:start + step])
+        dh.addcmul_(cpu_gemm.mm(e, w_chunk), f)
+        if cpu_gemm.onednn_applies(e, h):
+            # dW_c^T = (h f)^T E_c: oneDNN takes its first operand contiguous, and [D, T] is the small one
+            dw[start:start + step].copy_(cpu_gemm.linear((h * f).T.contiguous(), e.T).T)
+        else:
+            torch.mm(e.T, h * f, out=dw[start:start + step])
     dw.index_add_(0, safe_targets, -scale.unsqueeze(1) * h)
     return loss, dh, dw
 

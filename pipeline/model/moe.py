@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.model import cpu_gemm, expert_gemm
 from pipeline.model import grouped_mm as compiled_grouped_mm
 
 
@@ -62,8 +63,15 @@ class GroupedExperts(nn.Module):
 
     def _forward_grouped(self, x: torch.Tensor, counts: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """One grouped GEMM per projection (torch's grouped_mm: CPU kernels, CUTLASS on sm90 GPUs). The
-        group offsets stay on the device: no host sync. Identical results to the loop (same GEMMs, fp32)."""
+        group offsets stay on the device: no host sync. Identical results to the loop (same GEMMs, fp32).
+        fp32 on a CPU where oneDNN's GEMMs are faster: pipeline/model/expert_gemm.py."""
         offs = counts.cumsum(0).to(torch.int32)
+        if (cpu_gemm.onednn_applies(x, self.w_gate) and expert_gemm.pays(x, self.w_gate)
+                and not torch.compiler.is_compiling()):
+            sizes = counts.tolist()          # a host sync, free on the CPU this path runs on
+            h = (F.silu(expert_gemm.expert_linear(x, self.w_gate, offs, sizes))
+                 * expert_gemm.expert_linear(x, self.w_up, offs, sizes))
+            return expert_gemm.expert_linear(h, self.w_down, offs, sizes)
         w_gate, w_up, w_down = (w.to(dtype).transpose(1, 2) for w in (self.w_gate, self.w_up, self.w_down))
         # traced (torch.compile): the same kernels behind a custom op, see pipeline/model/grouped_mm.py
         mm = compiled_grouped_mm.grouped_mm if torch.compiler.is_compiling() else _eager_grouped_mm
