@@ -134,3 +134,18 @@ def test_model_step_on_onednn_equals_torch_matmul(dtype, monkeypatch):
     for name, want in grads_b.items():
         assert (grads_o[name] - want).norm() <= 1e-5 * want.norm() + 1e-12, name
     assert not all(torch.equal(grads_o[n], grads_b[n]) for n in grads_b)     # the other kernels did run
+
+
+@needs_onednn
+def test_head_logits_on_onednn_where_nothing_records():
+    """Generation and evaluation take the head's logits under no_grad: oneDNN, equal to F.linear to fp32
+    rounding, any leading shape; with autograd recording they are F.linear itself."""
+    from pipeline.model.linear_cross_entropy import OutputHead
+    torch.manual_seed(0)
+    head, x = OutputHead(64, 300, bias=False), torch.randn(2, 5, 64)
+    with torch.no_grad():
+        got, want = head(x), F.linear(x, head.weight)
+    assert got.shape == (2, 5, 300)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    recorded = head(x)
+    assert recorded.grad_fn is not None and torch.equal(recorded.detach(), want)
