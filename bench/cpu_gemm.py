@@ -26,7 +26,7 @@ def cases():
     """name -> (GFLOP, torch's way, our way); each pair computes the same product."""
     g = torch.Generator().manual_seed(0)
     h, w_c, e = torch.randn(T, D, generator=g), torch.randn(C, D, generator=g), torch.randn(T, C, generator=g)
-    sq = torch.randn(2048, 2048, generator=g)
+    sq, dw = torch.randn(2048, 2048, generator=g), torch.empty(C, D)
     counts = torch.bincount(torch.randint(0, E, (T * 8,), generator=g), minlength=E)
     offs, sizes = counts.cumsum(0).to(torch.int32), counts.tolist()
     x, w_e, dy = torch.randn(T * 8, D, generator=g), torch.randn(E, H, D, generator=g), torch.randn(T * 8, H, generator=g)
@@ -36,8 +36,8 @@ def cases():
         "square 2048^3": (2 * 2048 ** 3 / 1e9, lambda: sq @ sq, lambda: cpu_gemm.mm(sq, sq)),
         "head chunk: logits h W_c^T": (head, lambda: h @ w_c.T, lambda: cpu_gemm.linear(h, w_c)),
         "head chunk: dh += E_c W_c": (head, lambda: e @ w_c, lambda: cpu_gemm.mm(e, w_c)),
-        "head chunk: dW_c = E_c^T h": (head, lambda: e.T @ h,
-                                       lambda: cpu_gemm.linear(h.T.contiguous(), e.T).T.contiguous()),
+        "head chunk: dW_c = E_c^T h": (head, lambda: torch.mm(e.T, h, out=dw),   # into the gradient, as the loss
+                                       lambda: cpu_gemm.mm(e.T, h, out=dw)),
         "experts: x_g w_g^T (64 groups)": (experts, lambda: F.grouped_mm(x, w_e.transpose(1, 2), offs=offs),
                                            lambda: expert_linear(x, w_e, offs, sizes)),
         "experts: dy_g w_g (64 groups)": (experts, lambda: F.grouped_mm(dy, w_e, offs=offs),

@@ -1,7 +1,7 @@
 """Model configuration: OLMoE backbone + Over-Encoding (OE) + Over-Decoding (OD).
 
-Defaults follow OLMoE-1B-7B and the Over-Tokenized Transformer paper (arXiv 2501.16975). A YAML file in configs/model/ holds the ModelConfig fields at its top level;
-run configs embed the same mapping under `model:`.
+Defaults follow OLMoE-1B-7B and the Over-Tokenized Transformer paper (arXiv 2501.16975). A YAML file in
+configs/model/ holds the ModelConfig fields at its top level; run configs embed the same mapping under `model:`.
 """
 from __future__ import annotations
 

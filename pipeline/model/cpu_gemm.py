@@ -11,9 +11,9 @@ The results equal torch.mm to fp32 rounding: one fp32 GEMM with another blocking
 The op used, torch.ops.mkldnn._linear_pointwise, has no autograd formula, so it runs where no gradient is
 recorded or where the code computes its gradients itself: the chunked head loss (pipeline/model/
 linear_cross_entropy.py), the experts' CPU path (pipeline/model/expert_gemm.py) and the head's logits when
-nothing records (generation, evaluation: [4 x 512] x [512 x 50,304] in 7.2 ms against MKL's 12.9). Anywhere it cannot run (no oneDNN in the torch build, a CPU
-without AVX-512, another dtype or device, an empty operand, autograd recording) these functions are
-torch's matmul.
+nothing records (generation, evaluation: [4 x 512] x [512 x 50,304] in 7.2 ms against MKL's 12.9). Anywhere
+it cannot run (no oneDNN in the torch build, a CPU without AVX-512, another dtype or device, an empty
+operand, autograd recording) these functions are torch's matmul.
 """
 from __future__ import annotations
 
@@ -70,6 +70,14 @@ def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return F.linear(x, w)
 
 
-def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a [M, K] @ b [K, N] -> [M, N]."""
-    return linear(a, b.T)
+def mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """a [M, K] @ b [K, N] -> [M, N] (into `out` when given)."""
+    if not onednn_applies(a, b):
+        return torch.mm(a, b, out=out)
+    if not a.is_contiguous() and a.T.is_contiguous():
+        # oneDNN copies its first operand to contiguous: for a transposed a (a weight gradient's E^T) compute
+        # (b^T a^T)^T instead and copy the smaller b^T
+        y = linear(b.T.contiguous(), a).T
+    else:
+        y = linear(a, b.T)
+    return y if out is None else out.copy_(y)

@@ -79,11 +79,7 @@ def _chunked_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, 
         f = (row_max - shift).exp().unsqueeze(1)
         w_chunk = weight[start:start + step]
         dh.addcmul_(cpu_gemm.mm(e, w_chunk), f)
-        if cpu_gemm.onednn_applies(e, h):
-            # dW_c^T = (h f)^T E_c: oneDNN takes its first operand contiguous, and [D, T] is the small one
-            dw[start:start + step].copy_(cpu_gemm.linear((h * f).T.contiguous(), e.T).T)
-        else:
-            torch.mm(e.T, h * f, out=dw[start:start + step])
+        cpu_gemm.mm(e.T, h * f, out=dw[start:start + step])
     dw.index_add_(0, safe_targets, -scale.unsqueeze(1) * h)
     return loss, dh, dw
 
